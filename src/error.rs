@@ -1,0 +1,260 @@
+//! The one error type of the crate and its one mapping to the C status codes.
+//!
+//! Every failure in the core is an [`Error`]; the C boundary turns it into a
+//! [`pager_status_t`] with [`Error::status`] and keeps its `Display` text as
+//! the thread's last error message. Nothing else in the crate maps errors.
+
+use std::fmt;
+
+/// Status code returned by every fallible C entry point.
+///
+/// The numbers are part of the ABI: they never change once shipped, and new
+/// codes are only appended.
+#[repr(C)]
+#[allow(non_camel_case_types)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum pager_status_t {
+    /// Success.
+    PAGER_OK = 0,
+    /// A required pointer was NULL, an option was out of range, a name was not
+    /// UTF-8, or an id does not name a tensor.
+    PAGER_ERR_INVALID_ARGUMENT = 1,
+    /// No tensor has that name.
+    PAGER_ERR_NOT_FOUND = 2,
+    /// Opening or reading the source failed; the message carries the errno.
+    PAGER_ERR_IO = 3,
+    /// A tensor reaches past the end of its source.
+    PAGER_ERR_OUT_OF_BOUNDS = 4,
+    /// The GGUF / safetensors file or the tensor table is malformed.
+    PAGER_ERR_FORMAT = 5,
+    /// The tensor cannot fit: the budget is held by pinned or in-use tensors,
+    /// or the tensor is larger than the whole budget.
+    PAGER_ERR_BUDGET = 6,
+    /// The acquisition was already released, is a stale copy, or was forged;
+    /// or the pager pointer is not a live pager.
+    PAGER_ERR_INVALID_HANDLE = 7,
+    /// An allocation for tensor data failed.
+    PAGER_ERR_OUT_OF_MEMORY = 8,
+    /// Waited `wait_ms` for budget to be released, in vain.
+    PAGER_ERR_TIMEOUT = 9,
+    /// `pager_close` was called on this pager.
+    PAGER_ERR_CLOSED = 10,
+    /// An internal bug was caught at the boundary; the pager is poisoned.
+    PAGER_ERR_PANIC = 11,
+}
+
+/// The Rust name of [`pager_status_t`].
+pub type Status = pager_status_t;
+
+impl pager_status_t {
+    /// Every status, in numeric order.
+    pub const ALL: [pager_status_t; 12] = [
+        Self::PAGER_OK,
+        Self::PAGER_ERR_INVALID_ARGUMENT,
+        Self::PAGER_ERR_NOT_FOUND,
+        Self::PAGER_ERR_IO,
+        Self::PAGER_ERR_OUT_OF_BOUNDS,
+        Self::PAGER_ERR_FORMAT,
+        Self::PAGER_ERR_BUDGET,
+        Self::PAGER_ERR_INVALID_HANDLE,
+        Self::PAGER_ERR_OUT_OF_MEMORY,
+        Self::PAGER_ERR_TIMEOUT,
+        Self::PAGER_ERR_CLOSED,
+        Self::PAGER_ERR_PANIC,
+    ];
+
+    /// The status with this number, if there is one.
+    pub fn from_code(code: i32) -> Option<Self> {
+        usize::try_from(code).ok().and_then(|i| Self::ALL.get(i).copied())
+    }
+
+    /// A short static description, as returned by `pager_status_string`.
+    pub fn description(self) -> &'static str {
+        match self {
+            Self::PAGER_OK => "ok",
+            Self::PAGER_ERR_INVALID_ARGUMENT => "invalid argument",
+            Self::PAGER_ERR_NOT_FOUND => "tensor not found",
+            Self::PAGER_ERR_IO => "I/O error",
+            Self::PAGER_ERR_OUT_OF_BOUNDS => "tensor out of bounds of its source",
+            Self::PAGER_ERR_FORMAT => "malformed model file",
+            Self::PAGER_ERR_BUDGET => "budget exhausted by pinned or in-use tensors",
+            Self::PAGER_ERR_INVALID_HANDLE => "invalid handle",
+            Self::PAGER_ERR_OUT_OF_MEMORY => "out of memory",
+            Self::PAGER_ERR_TIMEOUT => "timed out waiting for budget",
+            Self::PAGER_ERR_CLOSED => "pager is closed",
+            Self::PAGER_ERR_PANIC => "internal error (panic caught)",
+        }
+    }
+}
+
+impl fmt::Display for pager_status_t {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.description())
+    }
+}
+
+/// Everything that can go wrong, each variant carrying what a person needs to
+/// act on it. Cloneable so that all waiters of one failed load get the error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// A caller passed something unusable.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// No tensor of that name.
+    #[error("no tensor named '{name}'")]
+    NotFound {
+        /// The name that was looked up.
+        name: String,
+    },
+    /// An operating-system or source-callback failure.
+    #[error("{context}: {message} (errno {errno})")]
+    Io {
+        /// What was being done ("read of tensor 3 'x' at offset 64 (16 bytes) from f.gguf").
+        context: String,
+        /// The errno (0 when there is none, e.g. a short read).
+        errno: i32,
+        /// The errno's text or what went wrong.
+        message: String,
+    },
+    /// A tensor (or a read) reaches past the end of its source.
+    #[error("{what}: bytes {offset}..{end} past end of source ({source_size} bytes)", end = offset.saturating_add(*size))]
+    OutOfBounds {
+        /// Which tensor or read.
+        what: String,
+        /// Absolute start offset.
+        offset: u64,
+        /// Length in bytes.
+        size: u64,
+        /// Size of the source.
+        source_size: u64,
+    },
+    /// A malformed model file or tensor table.
+    #[error("malformed {format}: {detail}")]
+    Format {
+        /// "GGUF file 'x.gguf'", "safetensors file ..", "tensor table".
+        format: String,
+        /// What is wrong, and where.
+        detail: String,
+    },
+    /// The budget cannot hold the tensor.
+    #[error("budget: {0}")]
+    Budget(String),
+    /// A released, stale, forged or foreign handle.
+    #[error("invalid handle: {0}")]
+    InvalidHandle(String),
+    /// Allocation of tensor memory failed.
+    #[error("out of memory: could not allocate {bytes} bytes for {what}")]
+    OutOfMemory {
+        /// Requested bytes.
+        bytes: u64,
+        /// What the memory was for.
+        what: String,
+    },
+    /// Waited for budget to free up and gave up.
+    #[error("timed out after {waited_ms} ms: {detail}")]
+    Timeout {
+        /// How long the caller waited.
+        waited_ms: u64,
+        /// What was waited for.
+        detail: String,
+    },
+    /// The pager was closed.
+    #[error("pager is closed")]
+    Closed,
+    /// An internal bug (a caught panic or a poisoned lock).
+    #[error("internal error: {0}")]
+    Panic(String),
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The one mapping from errors to C status codes.
+    pub fn status(&self) -> pager_status_t {
+        use pager_status_t as S;
+        match self {
+            Error::InvalidArgument(_) => S::PAGER_ERR_INVALID_ARGUMENT,
+            Error::NotFound { .. } => S::PAGER_ERR_NOT_FOUND,
+            Error::Io { .. } => S::PAGER_ERR_IO,
+            Error::OutOfBounds { .. } => S::PAGER_ERR_OUT_OF_BOUNDS,
+            Error::Format { .. } => S::PAGER_ERR_FORMAT,
+            Error::Budget(_) => S::PAGER_ERR_BUDGET,
+            Error::InvalidHandle(_) => S::PAGER_ERR_INVALID_HANDLE,
+            Error::OutOfMemory { .. } => S::PAGER_ERR_OUT_OF_MEMORY,
+            Error::Timeout { .. } => S::PAGER_ERR_TIMEOUT,
+            Error::Closed => S::PAGER_ERR_CLOSED,
+            Error::Panic(_) => S::PAGER_ERR_PANIC,
+        }
+    }
+
+    /// An I/O error from an errno, with the OS's text for it.
+    pub fn from_errno(context: impl Into<String>, errno: i32) -> Self {
+        Error::Io {
+            context: context.into(),
+            errno,
+            message: std::io::Error::from_raw_os_error(errno).to_string(),
+        }
+    }
+
+    /// An I/O error from a `std::io::Error`.
+    pub fn from_io(context: impl Into<String>, err: &std::io::Error) -> Self {
+        let errno = err.raw_os_error().unwrap_or(0);
+        let message = match err.raw_os_error() {
+            Some(code) => std::io::Error::from_raw_os_error(code).to_string(),
+            None => err.to_string(),
+        };
+        Error::Io {
+            context: context.into(),
+            errno,
+            message,
+        }
+    }
+
+    /// A format error.
+    pub fn format(format: impl Into<String>, detail: impl Into<String>) -> Self {
+        Error::Format {
+            format: format.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_numbers_are_the_shipped_ones() {
+        for (i, s) in pager_status_t::ALL.iter().enumerate() {
+            assert_eq!(*s as i32, i as i32);
+            assert_eq!(pager_status_t::from_code(i as i32), Some(*s));
+        }
+        assert_eq!(pager_status_t::from_code(-1), None);
+        assert_eq!(pager_status_t::from_code(12), None);
+        assert_eq!(pager_status_t::PAGER_ERR_PANIC as i32, 11);
+    }
+
+    #[test]
+    fn io_error_message_names_the_errno() {
+        let e = Error::from_errno("read of tensor 0 'a'", libc::EIO);
+        assert_eq!(e.status(), pager_status_t::PAGER_ERR_IO);
+        let text = e.to_string();
+        assert!(text.contains("read of tensor 0 'a'"), "{text}");
+        assert!(text.contains("errno 5"), "{text}");
+    }
+
+    #[test]
+    fn out_of_bounds_message_names_the_range() {
+        let e = Error::OutOfBounds {
+            what: "tensor 12 'blk.0.ffn_up.weight'".into(),
+            offset: 100,
+            size: 50,
+            source_size: 120,
+        };
+        assert_eq!(
+            e.to_string(),
+            "tensor 12 'blk.0.ffn_up.weight': bytes 100..150 past end of source (120 bytes)"
+        );
+    }
+}

@@ -1,0 +1,186 @@
+//! Aligned memory for tensor data: large buffers straight from the kernel
+//! (so that freeing one returns it to the OS instead of a malloc arena),
+//! small ones from the global allocator, or all of them from an engine's
+//! allocator callbacks (pinned host memory for GPU uploads).
+
+use std::alloc::Layout;
+use std::ffi::c_void;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+
+/// Allocation callback: returns memory of `size` bytes aligned to
+/// `alignment`, or NULL.
+pub type AllocFn = unsafe extern "C" fn(user_data: *mut c_void, size: usize, alignment: usize) -> *mut c_void;
+/// Free callback: frees memory returned by the matching [`AllocFn`].
+pub type FreeFn = unsafe extern "C" fn(user_data: *mut c_void, ptr: *mut c_void, size: usize);
+
+/// An engine-provided allocator for tensor buffers.
+#[derive(Debug)]
+pub struct Allocator {
+    user_data: *mut c_void,
+    alloc: AllocFn,
+    free: FreeFn,
+}
+
+// SAFETY: the C API documents that the allocator callbacks may be called from
+// any thread, concurrently; user_data is only passed back to them.
+unsafe impl Send for Allocator {}
+// SAFETY: as above; the struct itself is immutable.
+unsafe impl Sync for Allocator {}
+
+impl Allocator {
+    /// Wraps C allocation callbacks. The callbacks must be callable from any
+    /// thread and stay valid as long as any pager using them.
+    pub fn new(user_data: *mut c_void, alloc: AllocFn, free: FreeFn) -> Self {
+        Allocator {
+            user_data,
+            alloc,
+            free,
+        }
+    }
+}
+
+/// Buffers at least this large come from anonymous mappings.
+const MAP_THRESHOLD: usize = 256 * 1024;
+const PAGE: usize = 4096;
+
+#[derive(Debug)]
+enum Origin {
+    Heap(Layout),
+    Mapped,
+    User(Arc<Allocator>),
+}
+
+/// An owned, aligned, fixed-size block of memory.
+#[derive(Debug)]
+pub struct TensorBuffer {
+    ptr: NonNull<u8>,
+    len: usize,
+    origin: Origin,
+}
+
+// SAFETY: the buffer owns its memory exclusively; nothing in it is tied to a thread.
+unsafe impl Send for TensorBuffer {}
+// SAFETY: shared access only hands out `&[u8]`.
+unsafe impl Sync for TensorBuffer {}
+
+impl TensorBuffer {
+    /// Allocates `len` bytes (at least 1) aligned to `alignment` (a power of two).
+    pub fn allocate(len: usize, alignment: usize, allocator: Option<&Arc<Allocator>>) -> Result<Self> {
+        let len = len.max(1);
+        let oom = || Error::OutOfMemory {
+            bytes: len as u64,
+            what: "tensor data".to_owned(),
+        };
+        if let Some(a) = allocator {
+            // SAFETY: calling the engine's allocator as its contract describes.
+            let p = unsafe { (a.alloc)(a.user_data, len, alignment) } as *mut u8;
+            let ptr = NonNull::new(p).ok_or_else(oom)?;
+            if (p as usize) % alignment != 0 {
+                // SAFETY: returning the block we were just given to its own allocator.
+                unsafe { (a.free)(a.user_data, p as *mut c_void, len) };
+                return Err(Error::InvalidArgument(format!(
+                    "allocator returned {p:p}, not aligned to {alignment} bytes"
+                )));
+            }
+            return Ok(TensorBuffer {
+                ptr,
+                len,
+                origin: Origin::User(Arc::clone(a)),
+            });
+        }
+        if len >= MAP_THRESHOLD && alignment <= PAGE {
+            // SAFETY: an anonymous private mapping with no address hint; the
+            // result is checked against MAP_FAILED before use.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                return Err(oom());
+            }
+            let ptr = NonNull::new(p as *mut u8).ok_or_else(oom)?;
+            return Ok(TensorBuffer {
+                ptr,
+                len,
+                origin: Origin::Mapped,
+            });
+        }
+        let layout = Layout::from_size_align(len, alignment).map_err(|e| {
+            Error::InvalidArgument(format!("buffer of {len} bytes aligned to {alignment}: {e}"))
+        })?;
+        // SAFETY: layout has a non-zero size.
+        let p = unsafe { std::alloc::alloc(layout) };
+        let ptr = NonNull::new(p).ok_or_else(oom)?;
+        Ok(TensorBuffer {
+            ptr,
+            len,
+            origin: Origin::Heap(layout),
+        })
+    }
+
+    /// Capacity in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: buffers hold at least one byte.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Start of the buffer.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// The whole buffer, for filling.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: ptr is valid for len bytes and exclusively borrowed through &mut self.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for TensorBuffer {
+    fn drop(&mut self) {
+        match &self.origin {
+            // SAFETY: ptr/layout are exactly what std::alloc::alloc returned.
+            Origin::Heap(layout) => unsafe { std::alloc::dealloc(self.ptr.as_ptr(), *layout) },
+            Origin::Mapped => {
+                // SAFETY: ptr/len are exactly the mapping made in allocate.
+                unsafe { libc::munmap(self.ptr.as_ptr() as *mut c_void, self.len) };
+            }
+            // SAFETY: returning the block to the allocator that made it, with its size.
+            Origin::User(a) => unsafe { (a.free)(a.user_data, self.ptr.as_ptr() as *mut c_void, self.len) },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_aligned_and_writable() {
+        for &(len, align) in &[
+            (1usize, 64usize),
+            (100, 64),
+            (1 << 20, 64),
+            (1 << 20, 8192),
+            (5000, 4096),
+        ] {
+            let mut b = TensorBuffer::allocate(len, align, None).unwrap();
+            assert_eq!(b.as_ptr() as usize % align, 0);
+            b.as_mut_slice().fill(7);
+            assert_eq!(b.len(), len);
+        }
+    }
+}

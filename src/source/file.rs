@@ -1,0 +1,209 @@
+//! A file read with positioned reads on one descriptor opened once.
+
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use super::ByteSource;
+use crate::error::{Error, Result};
+
+/// What identifies the file the index was built from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+impl FileIdentity {
+    pub(crate) fn of(file: &File, path: &Path) -> Result<Self> {
+        let m = file
+            .metadata()
+            .map_err(|e| Error::from_io(format!("stat of '{}'", path.display()), &e))?;
+        Ok(FileIdentity {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.len(),
+            mtime: m.mtime(),
+            mtime_nsec: m.mtime_nsec(),
+        })
+    }
+
+    pub(crate) fn verify(&self, file: &File, path: &Path) -> Result<()> {
+        let now = FileIdentity::of(file, path)?;
+        if now == *self {
+            return Ok(());
+        }
+        let what = if now.size != self.size {
+            format!("size changed from {} to {} bytes", self.size, now.size)
+        } else {
+            "modified since it was opened".to_owned()
+        };
+        Err(Error::Io {
+            context: format!("file '{}'", path.display()),
+            errno: libc::ESTALE,
+            message: format!("{what}; refusing to read weights from a changed file"),
+        })
+    }
+
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+/// Direct I/O alignment: the page size covers every logical block size in use.
+const DIRECT_ALIGNMENT: usize = 4096;
+
+/// A file read with `pread` (optionally `O_DIRECT`) on one descriptor.
+#[derive(Debug)]
+pub struct FileSource {
+    file: File,
+    path: PathBuf,
+    identity: FileIdentity,
+    /// A second descriptor opened with `O_DIRECT`, for aligned tensor reads;
+    /// `file` serves the header parse and any unaligned read.
+    direct: Option<File>,
+}
+
+impl FileSource {
+    /// Opens `path` for positioned reads through the page cache.
+    pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, false)
+    }
+
+    /// Opens `path` with `O_DIRECT`; where the file system refuses it
+    /// (`EINVAL`, e.g. tmpfs), opens it for plain reads instead.
+    pub fn open_direct(path: &Path) -> Result<Self> {
+        Self::open_with(path, true)
+    }
+
+    fn open_with(path: &Path, direct: bool) -> Result<Self> {
+        let file =
+            File::open(path).map_err(|e| Error::from_io(format!("open of '{}'", path.display()), &e))?;
+        let identity = FileIdentity::of(&file, path)?;
+        let direct = if direct {
+            match std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(path)
+            {
+                Ok(f) => {
+                    identity.verify(&f, path)?;
+                    Some(f)
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => None,
+                Err(e) => {
+                    return Err(Error::from_io(
+                        format!("open of '{}' with O_DIRECT", path.display()),
+                        &e,
+                    ))
+                }
+            }
+        } else {
+            None
+        };
+        Ok(FileSource {
+            file,
+            path: path.to_owned(),
+            identity,
+            direct,
+        })
+    }
+
+    /// Whether reads bypass the page cache.
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    /// The path the file was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+impl ByteSource for FileSource {
+    fn size(&self) -> u64 {
+        self.identity.size()
+    }
+
+    fn describe(&self) -> String {
+        format!("file '{}'", self.path.display())
+    }
+
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let what = || format!("read from {}", self.describe());
+        super::check_range(&what, offset, buf.len() as u64, self.size())?;
+        let done = pread_full(&self.file, offset, buf).map_err(|e| {
+            Error::from_io(
+                format!(
+                    "read of {} bytes at offset {} from {}",
+                    buf.len(),
+                    offset,
+                    self.describe()
+                ),
+                &e,
+            )
+        })?;
+        if done < buf.len() {
+            return Err(Error::Io {
+                context: format!(
+                    "read of {} bytes at offset {} from {}",
+                    buf.len(),
+                    offset,
+                    self.describe()
+                ),
+                errno: 0,
+                message: format!("short read: end of file after {done} bytes"),
+            });
+        }
+        Ok(())
+    }
+
+    fn read_direct_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let Some(direct) = &self.direct else {
+            let len = self.size().saturating_sub(offset).min(buf.len() as u64) as usize;
+            self.read_exact_at(offset, &mut buf[..len])?;
+            return Ok(len);
+        };
+        pread_full(direct, offset, buf).map_err(|e| {
+            Error::from_io(
+                format!(
+                    "direct read of {} bytes at offset {} from {}",
+                    buf.len(),
+                    offset,
+                    self.describe()
+                ),
+                &e,
+            )
+        })
+    }
+
+    fn verify_unchanged(&self) -> Result<()> {
+        self.identity.verify(&self.file, &self.path)
+    }
+
+    fn direct_alignment(&self) -> Option<usize> {
+        self.direct.as_ref().map(|_| DIRECT_ALIGNMENT)
+    }
+}
+
+/// `pread` until `buf` is full or the end of the file; returns bytes read.
+fn pread_full(file: &File, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut done = 0usize;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}

@@ -1,0 +1,158 @@
+//! Byte sources: where tensor bytes come from.
+//!
+//! A [`ByteSource`] reads N bytes at an offset of a fixed-size store. The
+//! implementations are a file read with `pread` on one descriptor opened
+//! once ([`FileSource`], optionally with `O_DIRECT`), a read-only mapping
+//! ([`MmapSource`]), and C callbacks ([`CallbackSource`]). Sources do no
+//! caching and no accounting: that is the pager's job.
+
+mod buffer;
+mod callback;
+mod file;
+mod mmap;
+
+pub use buffer::{Allocator, TensorBuffer};
+pub use callback::{CallbackSource, DestroyFn, ReadAtFn};
+pub use file::FileSource;
+pub use mmap::MmapSource;
+
+use crate::error::{Error, Result};
+
+/// How a file source reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoMode {
+    /// `pread` through the page cache (default).
+    #[default]
+    Pread,
+    /// `pread` with `O_DIRECT`, bypassing the page cache. Falls back to
+    /// plain `pread` on file systems that refuse `O_DIRECT` (tmpfs).
+    Direct,
+    /// A read-only memory mapping; aligned tensors are handed out in place.
+    Mmap,
+}
+
+impl IoMode {
+    /// The mode for a C `PAGER_IO_*` value.
+    pub fn from_c(value: u32) -> Option<Self> {
+        match value {
+            0 => Some(IoMode::Pread),
+            1 => Some(IoMode::Direct),
+            2 => Some(IoMode::Mmap),
+            _ => None,
+        }
+    }
+}
+
+/// A fixed-size store of bytes that can be read at any offset, from any
+/// thread.
+pub trait ByteSource: Send + Sync {
+    /// Total size in bytes.
+    fn size(&self) -> u64;
+
+    /// Says what the source is, for error messages ("file 'model.gguf'").
+    fn describe(&self) -> String;
+
+    /// Fills `buf` with the bytes at `offset..offset + buf.len()`.
+    /// A read past the end is [`Error::OutOfBounds`]; a short read or an
+    /// errno is [`Error::Io`].
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
+
+    /// Checks that the underlying store is still the one the index was built
+    /// from (same size, inode, modification time for files).
+    fn verify_unchanged(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Alignment that offsets, lengths and buffers of reads must have
+    /// (`O_DIRECT`), if any.
+    fn direct_alignment(&self) -> Option<usize> {
+        None
+    }
+
+    /// Reads with `O_DIRECT` semantics: `offset`, `buf.len()` and the
+    /// buffer address are multiples of [`ByteSource::direct_alignment`].
+    /// Returns the bytes read, fewer than asked only at the end of the source.
+    fn read_direct_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let len = (self.size().saturating_sub(offset)).min(buf.len() as u64) as usize;
+        self.read_exact_at(offset, &mut buf[..len])?;
+        Ok(len)
+    }
+
+    /// The whole source as mapped memory, for zero-copy tensors (mmap mode).
+    fn mapped(&self) -> Option<&[u8]> {
+        None
+    }
+
+    /// Asks the OS to bring `offset..offset+len` of a mapping into memory.
+    fn advise_willneed(&self, _offset: u64, _len: u64) {}
+
+    /// Tells the OS that `offset..offset+len` of a mapping is not needed.
+    fn advise_dontneed(&self, _offset: u64, _len: u64) {}
+}
+
+/// Checks that `offset..offset+len` lies inside a source of `size` bytes.
+pub(crate) fn check_range(what: &dyn Fn() -> String, offset: u64, len: u64, size: u64) -> Result<()> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(Error::OutOfBounds {
+            what: what(),
+            offset,
+            size: len,
+            source_size: size,
+        }),
+    }
+}
+
+/// Reads `offset..offset+size` of `source` into `buf` and returns where in
+/// `buf` the tensor's first byte is. `buf` must be at least
+/// [`buffer_len_for`] bytes and aligned to `max(alignment, direct alignment)`.
+/// The returned offset is a multiple of `alignment`.
+pub(crate) fn read_tensor(
+    source: &dyn ByteSource,
+    offset: u64,
+    size: u64,
+    alignment: usize,
+    buf: &mut [u8],
+) -> Result<usize> {
+    let Some(block) = source.direct_alignment() else {
+        source.read_exact_at(offset, &mut buf[..size as usize])?;
+        return Ok(0);
+    };
+    let block = block as u64;
+    let head = offset % block;
+    let start = offset - head;
+    let end = (offset + size).div_ceil(block) * block;
+    let len = (end - start) as usize;
+    // The aligned range may reach past the end of the file: O_DIRECT then
+    // returns the bytes up to the end, which is all the tensor needs.
+    let got = source.read_direct_at(start, &mut buf[..len])?;
+    let head = head as usize;
+    if got < head + size as usize {
+        return Err(Error::Io {
+            context: format!(
+                "direct read of {len} bytes at offset {start} from {}",
+                source.describe()
+            ),
+            errno: 0,
+            message: format!("short read: {got} bytes"),
+        });
+    }
+    if head % alignment == 0 {
+        Ok(head)
+    } else {
+        buf.copy_within(head..head + size as usize, 0);
+        Ok(0)
+    }
+}
+
+/// How many bytes of buffer [`read_tensor`] needs for a tensor.
+pub(crate) fn buffer_len_for(source: &dyn ByteSource, offset: u64, size: u64) -> usize {
+    match source.direct_alignment() {
+        None => size as usize,
+        Some(block) => {
+            let block = block as u64;
+            let start = offset - offset % block;
+            ((offset + size).div_ceil(block) * block - start) as usize
+        }
+    }
+}

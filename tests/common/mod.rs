@@ -1,0 +1,88 @@
+//! Shared test fixtures: models written by llama.cpp's `gguf` package and
+//! what its reader says of them, plus small synthetic files.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// One tensor as the reference reader saw it.
+#[derive(Debug, Clone)]
+pub struct Expected {
+    pub name: String,
+    pub offset: u64,
+    pub size: u64,
+    pub ggml_type: u32,
+    pub dims: Vec<u64>,
+    pub bytes: Vec<u8>,
+}
+
+/// The directory of reference fixtures, written once per test binary.
+pub fn fixture_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("fixtures-{}", std::process::id()));
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make_fixtures.py");
+        let status = std::process::Command::new("python3")
+            .arg(&script)
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("python3 runs");
+        assert!(
+            status.success(),
+            "{} failed: the tests need llama.cpp's gguf package (pip install gguf)",
+            script.display()
+        );
+        dir
+    })
+}
+
+/// The reference models: (file name, is safetensors).
+pub const MODELS: &[(&str, bool)] = &[
+    ("all_types.gguf", false),
+    ("all_types_align256.gguf", false),
+    ("all_types_align8.gguf", false),
+    ("llama_q4k.gguf", false),
+    ("llama_q4k_v2.gguf", false),
+    ("llama_q8_align4096.gguf", false),
+    ("small.safetensors", true),
+];
+
+/// What the reference reader says of `model`.
+pub fn expected(model: &str) -> Vec<Expected> {
+    let dir = fixture_dir().join(format!("{model}.expected"));
+    let manifest = std::fs::read_to_string(dir.join("manifest.tsv")).expect("manifest");
+    manifest
+        .lines()
+        .enumerate()
+        .map(|(i, line)| {
+            let f: Vec<&str> = line.split('\t').collect();
+            Expected {
+                name: f[0].to_owned(),
+                offset: f[1].parse().unwrap(),
+                size: f[2].parse().unwrap(),
+                ggml_type: f[3].parse().unwrap(),
+                dims: f[4].split(',').map(|d| d.parse().unwrap()).collect(),
+                bytes: std::fs::read(dir.join(format!("{i}.bin"))).unwrap(),
+            }
+        })
+        .collect()
+}
+
+/// A file of `len` bytes where byte i is `pattern(i)`, in a fresh temp dir.
+pub fn pattern_file(len: usize) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data.bin");
+    std::fs::write(&path, (0..len).map(pattern).collect::<Vec<u8>>()).unwrap();
+    (dir, path)
+}
+
+/// The byte at offset `i` of a [`pattern_file`].
+pub fn pattern(i: usize) -> u8 {
+    (i.wrapping_mul(31) ^ (i >> 8)) as u8
+}
+
+/// A table of `n` tensors of `size` bytes each, back to back.
+pub fn even_table(n: usize, size: u64) -> Vec<(String, u64, u64)> {
+    (0..n).map(|i| (format!("t{i}"), i as u64 * size, size)).collect()
+}
