@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Builds the C tests against include/ and the release static library, then
+# runs them under AddressSanitizer and under valgrind (zero errors, zero
+# definite leaks). Usage: scripts/c-checks.sh [asan|valgrind|all]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what=${1:-all}
+cargo build --release --lib --quiet
+lib=target/release/liblayerpager.a
+libs=$(cat cmake/native-static-libs.txt)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+python3 tests/fixtures/make_fixtures.py "$work/fixtures" >/dev/null
+mkdir -p "$work/scratch"
+
+build() { # name flags sources...
+  local name=$1 flags=$2; shift 2
+  local srcs=()
+  for s in "$@"; do srcs+=("c-tests/$s"); done
+  # shellcheck disable=SC2086
+  cc -std=c11 -g -O1 -Wall -Wextra -Werror -pthread $flags -Iinclude "${srcs[@]}" "$lib" $libs -o "$work/$name"
+}
+
+run_all() { # prefix...
+  "$@" "$work/engine_reads_model" "$work/fixtures/llama_q4k.gguf" gguf
+  "$@" "$work/engine_reads_model" "$work/fixtures/all_types_align8.gguf" gguf
+  "$@" "$work/engine_reads_model" "$work/fixtures/small.safetensors" safetensors
+  "$@" "$work/api_misuse" "$work/fixtures/llama_q4k.gguf" "$work/scratch"
+  "$@" "$work/source_and_threads" "$work/fixtures/llama_q4k.gguf"
+  "$@" "$work/double_include"
+}
+
+build_all() { # flags
+  build engine_reads_model "$1" engine_reads_model.c
+  build api_misuse "$1" api_misuse.c
+  build source_and_threads "$1" source_and_threads.c
+  build double_include "$1" double_include_a.c double_include_b.c
+}
+
+if [ "$what" = asan ] || [ "$what" = all ]; then
+  echo "== C tests under AddressSanitizer"
+  build_all "-fsanitize=address -fno-omit-frame-pointer"
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 run_all env
+fi
+if [ "$what" = valgrind ] || [ "$what" = all ]; then
+  echo "== C tests under valgrind"
+  build_all ""
+  run_all valgrind --quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
+    --show-leak-kinds=definite
+fi
+echo "c-checks ($what): all passed"

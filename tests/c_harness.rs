@@ -1,0 +1,116 @@
+//! The C tests in `c-tests/`, compiled against `include/layerpager.h` and the
+//! static library with the C compiler the `cc` crate finds, then run: once
+//! as C, and once compiled as C++.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{fixture_dir, MODELS};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// target/<profile>/, where cargo put liblayerpager.a for this test run.
+fn artifact_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_owned()
+}
+
+fn native_libs() -> Vec<String> {
+    std::fs::read_to_string(root().join("cmake/native-static-libs.txt"))
+        .unwrap()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn compiler(cpp: bool) -> cc::Tool {
+    let target = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+    cc::Build::new()
+        .cargo_metadata(false)
+        .cargo_warnings(false)
+        .target(&target)
+        .host(&target)
+        .opt_level(1)
+        .cpp(cpp)
+        .get_compiler()
+}
+
+/// Compiles `sources` into one executable linked with the static library.
+fn build(name: &str, sources: &[&str], cpp: bool) -> PathBuf {
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}{}", if cpp { "-cpp" } else { "" }));
+    let tool = compiler(cpp);
+    let mut cmd = tool.to_command();
+    if cpp {
+        cmd.args(["-x", "c++", "-std=c++17"]);
+    } else {
+        cmd.arg("-std=c11");
+    }
+    cmd.args(["-Wall", "-Wextra", "-Werror", "-pthread", "-g"]).arg("-I").arg(root().join("include"));
+    for s in sources {
+        cmd.arg(root().join("c-tests").join(s));
+    }
+    if cpp {
+        cmd.args(["-x", "none"]);
+    }
+    cmd.arg(artifact_dir().join("liblayerpager.a")).args(native_libs()).arg("-o").arg(&out);
+    let output = cmd.output().expect("the C compiler runs");
+    assert!(
+        output.status.success(),
+        "compiling {name} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    out
+}
+
+fn run(exe: &Path, args: &[&std::ffi::OsStr]) {
+    let output = Command::new(exe).args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{} {:?} failed:\nstdout:\n{}\nstderr:\n{}",
+        exe.display(),
+        args,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn c_engine_reads_every_reference_model_in_every_io_mode() {
+    for cpp in [false, true] {
+        let exe = build("engine_reads_model", &["engine_reads_model.c"], cpp);
+        for &(model, st) in MODELS {
+            let path = fixture_dir().join(model);
+            let kind = if st { "safetensors" } else { "gguf" };
+            run(&exe, &[path.as_os_str(), kind.as_ref()]);
+        }
+    }
+}
+
+#[test]
+fn c_misuse_of_the_api_gets_statuses() {
+    let scratch = tempfile::tempdir().unwrap();
+    for cpp in [false, true] {
+        let exe = build("api_misuse", &["api_misuse.c"], cpp);
+        run(&exe, &[fixture_dir().join("llama_q4k.gguf").as_os_str(), scratch.path().as_os_str()]);
+    }
+}
+
+#[test]
+fn c_source_allocator_and_threads() {
+    for cpp in [false, true] {
+        let exe = build("source_and_threads", &["source_and_threads.c"], cpp);
+        run(&exe, &[fixture_dir().join("llama_q4k.gguf").as_os_str()]);
+    }
+}
+
+#[test]
+fn header_included_twice_and_from_two_translation_units() {
+    for cpp in [false, true] {
+        let exe = build("double_include", &["double_include_a.c", "double_include_b.c"], cpp);
+        run(&exe, &[]);
+    }
+}

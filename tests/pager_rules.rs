@@ -1,0 +1,420 @@
+//! The rules the core keeps, each proved on a small synthetic file.
+
+mod common;
+
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use common::{even_table, pattern, pattern_file};
+use layerpager::source::CallbackSource;
+use layerpager::{Error, Pager, PagerOptions, PolicyKind, Status, TensorIndex};
+
+fn table_pager(n: usize, size: u64, options: PagerOptions) -> (tempfile::TempDir, Pager) {
+    let (dir, path) = pattern_file(n * size as usize);
+    let pager = Pager::open_table(&path, &even_table(n, size), options).unwrap();
+    (dir, pager)
+}
+
+fn budget(bytes: u64) -> PagerOptions {
+    PagerOptions {
+        budget_bytes: bytes,
+        policy: PolicyKind::Lru,
+        ..Default::default()
+    }
+}
+
+fn assert_pattern(bytes: &[u8], offset: usize) {
+    for (i, b) in bytes.iter().enumerate() {
+        assert_eq!(*b, pattern(offset + i), "byte {i} of tensor at {offset}");
+    }
+}
+
+#[test]
+fn lru_sweep_larger_than_budget_counts_exactly() {
+    let (_d, pager) = table_pager(4, 1000, budget(3000));
+    for id in [0, 1, 2, 0, 3, 0, 1] {
+        let a = pager.acquire(id).unwrap();
+        assert_pattern(a.bytes(), id as usize * 1000);
+        drop(a);
+        pager.check_invariants().unwrap();
+    }
+    // 0 1 2 miss; 0 hit; 3 miss evicts 1; 0 hit; 1 miss evicts 2.
+    let s = pager.stats();
+    assert_eq!((s.hits, s.misses, s.evictions), (2, 5, 2));
+    assert_eq!(s.bytes_read, 5000);
+    assert_eq!(s.resident_bytes, 3000);
+    assert_eq!(s.resident_count, 3);
+    assert_eq!(s.peak_resident_bytes, 3000);
+    assert_eq!(s.in_use_bytes, 0);
+}
+
+#[test]
+fn tensor_in_use_is_never_evicted() {
+    let (_d, pager) = table_pager(3, 1000, budget(2000));
+    let a0 = pager.acquire(0).unwrap();
+    let a1 = pager.acquire(1).unwrap();
+    let err = pager.acquire(2).unwrap_err();
+    assert_eq!(err.status(), Status::PAGER_ERR_BUDGET);
+    assert!(err.to_string().contains("2000 in use"), "{err}");
+    assert_pattern(a0.bytes(), 0);
+    drop(a1);
+    let a2 = pager.acquire(2).unwrap();
+    assert_pattern(a2.bytes(), 2000);
+    assert_pattern(a0.bytes(), 0);
+    assert_eq!(pager.stats().in_use_bytes, 2000);
+    pager.check_invariants().unwrap();
+}
+
+#[test]
+fn pinned_tensor_is_never_evicted() {
+    let (_d, pager) = table_pager(4, 1000, budget(2000));
+    pager.pin(0).unwrap();
+    pager.pin(0).unwrap();
+    for id in [1, 2, 3, 1, 2, 3] {
+        drop(pager.acquire(id).unwrap());
+    }
+    let s = pager.stats();
+    assert_eq!(s.pinned_bytes, 1000);
+    drop(pager.acquire(0).unwrap());
+    assert_eq!(pager.stats().misses, 6, "pinned tensor is a hit");
+    pager.unpin(0).unwrap();
+    assert_eq!(pager.unpin(0).unwrap_err().status(), Status::PAGER_ERR_INVALID_ARGUMENT);
+    pager.check_invariants().unwrap();
+}
+
+#[test]
+fn tensor_larger_than_budget_is_refused() {
+    let (_d, pager) = table_pager(2, 1000, budget(999));
+    let err = pager.acquire(0).unwrap_err();
+    assert_eq!(err.status(), Status::PAGER_ERR_BUDGET);
+    assert!(err.to_string().contains("more than the whole budget"), "{err}");
+    assert_eq!(pager.stats().resident_bytes, 0);
+    pager.check_invariants().unwrap();
+}
+
+#[test]
+fn waiting_acquire_times_out() {
+    let options = PagerOptions { wait_ms: 30, ..budget(1000) };
+    let (_d, pager) = table_pager(2, 1000, options);
+    let _held = pager.acquire(0).unwrap();
+    let err = pager.acquire(1).unwrap_err();
+    assert_eq!(err.status(), Status::PAGER_ERR_TIMEOUT);
+    assert!(pager.stats().wait_ns >= 30_000_000);
+    pager.check_invariants().unwrap();
+}
+
+#[test]
+fn waiting_acquire_gets_budget_released_by_another_thread() {
+    let options = PagerOptions { wait_ms: 10_000, ..budget(1000) };
+    let (_d, pager) = table_pager(2, 1000, options);
+    let held = pager.acquire(0).unwrap();
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            let a = pager.acquire(1).unwrap();
+            assert_pattern(a.bytes(), 1000);
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        drop(held);
+        waiter.join().unwrap();
+    });
+    pager.check_invariants().unwrap();
+}
+
+#[test]
+fn set_budget_shrinks_and_refuses_below_in_use() {
+    let (_d, pager) = table_pager(4, 1000, budget(4000));
+    for id in 0..4 {
+        drop(pager.acquire(id).unwrap());
+    }
+    let held = pager.acquire(3).unwrap();
+    pager.set_budget(2000).unwrap();
+    assert_eq!(pager.stats().resident_bytes, 2000);
+    assert_eq!(pager.stats().budget_bytes, 2000);
+    let err = pager.set_budget(500).unwrap_err();
+    assert_eq!(err.status(), Status::PAGER_ERR_BUDGET);
+    assert_eq!(pager.stats().budget_bytes, 2000);
+    drop(held);
+    pager.set_budget(0).unwrap();
+    for id in 0..4 {
+        drop(pager.acquire(id).unwrap());
+    }
+    assert_eq!(pager.stats().resident_bytes, 4000);
+    pager.check_invariants().unwrap();
+}
+
+#[test]
+fn tickets_refuse_double_release_stale_copy_and_forgery() {
+    let (_d, pager) = table_pager(2, 100, budget(0));
+    let t = pager.acquire_ticket(0).unwrap();
+    let copy = t;
+    pager.release_ticket(t.id, t.ticket).unwrap();
+    let again = pager.release_ticket(copy.id, copy.ticket).unwrap_err();
+    assert_eq!(again.status(), Status::PAGER_ERR_INVALID_HANDLE);
+    let t2 = pager.acquire_ticket(0).unwrap();
+    // The stale copy must not release the new acquisition of the same tensor.
+    assert_eq!(
+        pager.release_ticket(copy.id, copy.ticket).unwrap_err().status(),
+        Status::PAGER_ERR_INVALID_HANDLE
+    );
+    assert_eq!(pager.outstanding(), 1);
+    assert_eq!(pager.release_ticket(0, 0).unwrap_err().status(), Status::PAGER_ERR_INVALID_HANDLE);
+    assert_eq!(
+        pager.release_ticket(1, t2.ticket).unwrap_err().status(),
+        Status::PAGER_ERR_INVALID_HANDLE,
+        "a ticket of tensor 0 does not release tensor 1"
+    );
+    assert_eq!(
+        pager.release_ticket(7, t2.ticket).unwrap_err().status(),
+        Status::PAGER_ERR_INVALID_HANDLE
+    );
+    pager.release_ticket(t2.id, t2.ticket).unwrap();
+    assert_eq!(pager.outstanding(), 0);
+    pager.check_invariants().unwrap();
+}
+
+#[test]
+fn many_tickets_on_one_tensor_use_the_overflow_table() {
+    let (_d, pager) = table_pager(1, 100, budget(0));
+    let tickets: Vec<_> = (0..20).map(|_| pager.acquire_ticket(0).unwrap()).collect();
+    let mut seen: Vec<u64> = tickets.iter().map(|t| t.ticket).collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 20);
+    assert_eq!(pager.outstanding(), 20);
+    for t in &tickets {
+        pager.release_ticket(t.id, t.ticket).unwrap();
+        assert_eq!(
+            pager.release_ticket(t.id, t.ticket).unwrap_err().status(),
+            Status::PAGER_ERR_INVALID_HANDLE
+        );
+    }
+    assert_eq!(pager.outstanding(), 0);
+}
+
+#[test]
+fn closed_pager_refuses_calls_but_keeps_acquired_bytes() {
+    let (_d, pager) = table_pager(2, 1000, budget(0));
+    let a = pager.acquire(0).unwrap();
+    let t = pager.acquire_ticket(1).unwrap();
+    pager.close();
+    assert_eq!(pager.acquire(1).unwrap_err(), Error::Closed);
+    assert_eq!(pager.find("t0").unwrap_err(), Error::Closed);
+    assert_eq!(pager.pin(0).unwrap_err(), Error::Closed);
+    assert_pattern(a.bytes(), 0);
+    pager.release_ticket(t.id, t.ticket).unwrap();
+    drop(a);
+    assert_eq!(pager.outstanding(), 0);
+}
+
+#[test]
+fn bad_ids_are_invalid_arguments() {
+    let (_d, pager) = table_pager(2, 10, budget(0));
+    for r in [pager.acquire(2).map(|_| ()), pager.pin(9), pager.unpin(2), pager.prefetch(5)] {
+        assert_eq!(r.unwrap_err().status(), Status::PAGER_ERR_INVALID_ARGUMENT);
+    }
+    assert_eq!(pager.set_schedule(&[0, 1, 2]).unwrap_err().status(), Status::PAGER_ERR_INVALID_ARGUMENT);
+    assert_eq!(pager.find("nope").unwrap_err().status(), Status::PAGER_ERR_NOT_FOUND);
+}
+
+/// A callback source that counts reads and can be told to fail or stall.
+struct Probe {
+    data: Vec<u8>,
+    reads: AtomicUsize,
+    fail_with: AtomicUsize,
+    delay_ms: u64,
+}
+
+unsafe extern "C" fn probe_read(user: *mut c_void, offset: u64, dst: *mut c_void, len: usize) -> i32 {
+    // SAFETY: user is the Probe the test keeps alive longer than the pager.
+    let probe = unsafe { &*(user as *const Probe) };
+    probe.reads.fetch_add(1, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(probe.delay_ms));
+    let fail = probe.fail_with.load(Ordering::SeqCst);
+    if fail != 0 {
+        return fail as i32;
+    }
+    let src = &probe.data[offset as usize..offset as usize + len];
+    // SAFETY: dst has room for len bytes per the callback contract.
+    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, len) };
+    0
+}
+
+fn probe_pager(probe: &Arc<Probe>, n: usize, size: u64, options: PagerOptions) -> Pager {
+    let source = CallbackSource::new(
+        Arc::as_ptr(probe) as *mut c_void,
+        probe.data.len() as u64,
+        probe_read,
+        None,
+    );
+    let index = TensorIndex::from_table(&even_table(n, size), probe.data.len() as u64).unwrap();
+    Pager::with_source(Box::new(source), index, options).unwrap()
+}
+
+fn probe(len: usize, delay_ms: u64) -> Arc<Probe> {
+    Arc::new(Probe {
+        data: (0..len).map(pattern).collect(),
+        reads: AtomicUsize::new(0),
+        fail_with: AtomicUsize::new(0),
+        delay_ms,
+    })
+}
+
+#[test]
+fn concurrent_misses_of_one_tensor_read_it_once() {
+    let p = probe(4000, 100);
+    let pager = probe_pager(&p, 4, 1000, budget(0));
+    let barrier = Barrier::new(8);
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                barrier.wait();
+                let a = pager.acquire(2).unwrap();
+                assert_pattern(a.bytes(), 2000);
+            });
+        }
+    });
+    assert_eq!(p.reads.load(Ordering::SeqCst), 1);
+    let s = pager.stats();
+    assert_eq!(s.bytes_read, 1000);
+    assert_eq!(s.hits + s.misses, 8);
+    pager.check_invariants().unwrap();
+}
+
+#[test]
+fn failed_load_reaches_every_waiter_and_the_next_acquire_retries() {
+    let p = probe(4000, 100);
+    p.fail_with.store(libc::EIO as usize, Ordering::SeqCst);
+    let pager = probe_pager(&p, 4, 1000, budget(0));
+    let barrier = Barrier::new(4);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                barrier.wait();
+                let err = pager.acquire(1).unwrap_err();
+                assert_eq!(err.status(), Status::PAGER_ERR_IO);
+                assert!(err.to_string().contains("tensor 1 't1'"), "{err}");
+            });
+        }
+    });
+    assert_eq!(pager.stats().resident_bytes, 0);
+    pager.check_invariants().unwrap();
+    p.fail_with.store(0, Ordering::SeqCst);
+    let a = pager.acquire(1).unwrap();
+    assert_pattern(a.bytes(), 1000);
+}
+
+#[test]
+fn prefetched_tensor_counts_a_prefetch_hit() {
+    let p = probe(4000, 0);
+    let options = PagerOptions {
+        prefetch_threads: 1,
+        ..budget(0)
+    };
+    let pager = probe_pager(&p, 4, 1000, options);
+    pager.prefetch(3).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while pager.stats().resident_count == 0 {
+        assert!(std::time::Instant::now() < deadline, "prefetch never landed");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(pager.acquire(3).unwrap());
+    drop(pager.acquire(3).unwrap());
+    let s = pager.stats();
+    assert_eq!((s.hits, s.misses, s.prefetch_hits), (2, 0, 1));
+}
+
+#[test]
+fn slices_are_their_own_pageable_units() {
+    let (_d, pager) = table_pager(2, 4000, budget(3000));
+    let first = pager.split_experts(1, 4).unwrap();
+    assert_eq!(first, 2);
+    assert_eq!(pager.tensor_count(), 6);
+    let half = pager.add_slice(0, 100, 50).unwrap();
+    assert_eq!(half, 6);
+    for e in 0..4 {
+        let a = pager.acquire(first + e).unwrap();
+        assert_eq!(a.bytes().len(), 1000);
+        assert_pattern(a.bytes(), 4000 + e as usize * 1000);
+    }
+    assert_pattern(pager.acquire(half).unwrap().bytes(), 100);
+    assert_eq!(pager.info(first + 3).unwrap().name, "t1#3");
+    assert_eq!(
+        pager.add_slice(0, 3990, 11).unwrap_err().status(),
+        Status::PAGER_ERR_OUT_OF_BOUNDS
+    );
+    assert_eq!(pager.split_experts(0, 3).unwrap_err().status(), Status::PAGER_ERR_INVALID_ARGUMENT);
+    pager.check_invariants().unwrap();
+}
+
+#[test]
+fn schedule_aware_policy_beats_lru_on_a_cyclic_sweep() {
+    let run = |policy: PolicyKind, declare: bool| {
+        let (_d, pager) = table_pager(10, 1000, PagerOptions { budget_bytes: 5000, policy, ..Default::default() });
+        if declare {
+            pager.set_schedule(&(0..10).collect::<Vec<_>>()).unwrap();
+        }
+        for _ in 0..3 {
+            for id in 0..10 {
+                drop(pager.acquire(id).unwrap());
+            }
+        }
+        pager.stats().bytes_read
+    };
+    assert_eq!(run(PolicyKind::Lru, false), 30_000, "LRU re-reads everything");
+    // Lower bound: M + (P-1)(M-B) = 10000 + 2 * 5000.
+    assert_eq!(run(PolicyKind::Schedule, true), 20_000);
+}
+
+#[test]
+fn threads_hammering_one_pager_keep_every_rule() {
+    let options = PagerOptions {
+        wait_ms: 5,
+        prefetch_threads: 2,
+        ..budget(6000)
+    };
+    let (_d, pager) = table_pager(16, 1000, options);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let pager = &pager;
+            let stop = &stop;
+            s.spawn(move || {
+                let mut x = t * 7919 + 1;
+                let mut next = || {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x
+                };
+                for _ in 0..3000 {
+                    let id = (next() % 16) as u32;
+                    match next() % 10 {
+                        0 => {
+                            let _ = pager.pin(id);
+                            let _ = pager.unpin(id);
+                        }
+                        1 => {
+                            let _ = pager.prefetch(id);
+                        }
+                        2 if t == 0 => {
+                            let _ = pager.set_budget(4000 + (next() % 4) * 1000);
+                        }
+                        _ => match pager.acquire(id) {
+                            Ok(a) => assert_pattern(a.bytes(), id as usize * 1000),
+                            Err(e) => assert!(
+                                matches!(e.status(), Status::PAGER_ERR_BUDGET | Status::PAGER_ERR_TIMEOUT),
+                                "{e}"
+                            ),
+                        },
+                    }
+                    pager.check_invariants().unwrap();
+                }
+                stop.store(true, Ordering::Relaxed);
+            });
+        }
+    });
+    pager.check_invariants().unwrap();
+    assert_eq!(pager.outstanding(), 0);
+}
