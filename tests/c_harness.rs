@@ -41,7 +41,12 @@ fn compiler(cpp: bool) -> cc::Tool {
 
 /// Compiles `sources` into one executable linked with the static library.
 fn build(name: &str, sources: &[&str], cpp: bool) -> PathBuf {
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}{}", if cpp { "-cpp" } else { "" }));
+    build_with(name, sources, cpp, &[])
+}
+
+fn build_with(name: &str, sources: &[&str], cpp: bool, flags: &[&str]) -> PathBuf {
+    let out =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}{}", if cpp { "-cpp" } else { "" }));
     let tool = compiler(cpp);
     let mut cmd = tool.to_command();
     if cpp {
@@ -49,14 +54,20 @@ fn build(name: &str, sources: &[&str], cpp: bool) -> PathBuf {
     } else {
         cmd.arg("-std=c11");
     }
-    cmd.args(["-Wall", "-Wextra", "-Werror", "-pthread", "-g"]).arg("-I").arg(root().join("include"));
+    cmd.args(["-Wall", "-Wextra", "-Werror", "-pthread", "-g"])
+        .args(flags)
+        .arg("-I")
+        .arg(root().join("include"));
     for s in sources {
         cmd.arg(root().join("c-tests").join(s));
     }
     if cpp {
         cmd.args(["-x", "none"]);
     }
-    cmd.arg(artifact_dir().join("liblayerpager.a")).args(native_libs()).arg("-o").arg(&out);
+    cmd.arg(artifact_dir().join("liblayerpager.a"))
+        .args(native_libs())
+        .arg("-o")
+        .arg(&out);
     let output = cmd.output().expect("the C compiler runs");
     assert!(
         output.status.success(),
@@ -95,7 +106,13 @@ fn c_misuse_of_the_api_gets_statuses() {
     let scratch = tempfile::tempdir().unwrap();
     for cpp in [false, true] {
         let exe = build("api_misuse", &["api_misuse.c"], cpp);
-        run(&exe, &[fixture_dir().join("llama_q4k.gguf").as_os_str(), scratch.path().as_os_str()]);
+        run(
+            &exe,
+            &[
+                fixture_dir().join("llama_q4k.gguf").as_os_str(),
+                scratch.path().as_os_str(),
+            ],
+        );
     }
 }
 
@@ -110,7 +127,25 @@ fn c_source_allocator_and_threads() {
 #[test]
 fn header_included_twice_and_from_two_translation_units() {
     for cpp in [false, true] {
-        let exe = build("double_include", &["double_include_a.c", "double_include_b.c"], cpp);
+        let exe = build(
+            "double_include",
+            &["double_include_a.c", "double_include_b.c"],
+            cpp,
+        );
         run(&exe, &[]);
     }
+}
+
+#[test]
+fn cpp_wrapper_with_and_without_exceptions() {
+    let model = fixture_dir().join("llama_q4k.gguf");
+    let exe = build("cpp_wrapper", &["cpp_wrapper.cpp"], true);
+    run(&exe, &[model.as_os_str()]);
+    let exe = build_with(
+        "cpp_no_exceptions",
+        &["cpp_no_exceptions.cpp"],
+        true,
+        &["-fno-exceptions"],
+    );
+    run(&exe, &[model.as_os_str()]);
 }

@@ -39,9 +39,14 @@ fn header_cargo_and_library_versions_agree() {
         macro_value("LAYERPAGER_VERSION_PATCH")
     );
     // SAFETY: pager_version returns a static NUL-terminated string.
-    let library = unsafe { CStr::from_ptr(layerpager::ffi::pager_version()) }.to_str().unwrap();
+    let library = unsafe { CStr::from_ptr(layerpager::ffi::pager_version()) }
+        .to_str()
+        .unwrap();
     assert_eq!(from_macros, env!("CARGO_PKG_VERSION"));
-    assert_eq!(macro_value("LAYERPAGER_VERSION_STRING"), env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        macro_value("LAYERPAGER_VERSION_STRING"),
+        env!("CARGO_PKG_VERSION")
+    );
     assert_eq!(library, env!("CARGO_PKG_VERSION"));
     assert_eq!(layerpager::VERSION, env!("CARGO_PKG_VERSION"));
 }
@@ -51,7 +56,16 @@ fn native_static_libs_list_is_current() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let output = std::process::Command::new(cargo)
         .current_dir(root())
-        .args(["rustc", "--quiet", "--lib", "--crate-type", "staticlib", "--", "--print", "native-static-libs"])
+        .args([
+            "rustc",
+            "--quiet",
+            "--lib",
+            "--crate-type",
+            "staticlib",
+            "--",
+            "--print",
+            "native-static-libs",
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -80,7 +80,10 @@ fn pinned_tensor_is_never_evicted() {
     drop(pager.acquire(0).unwrap());
     assert_eq!(pager.stats().misses, 6, "pinned tensor is a hit");
     pager.unpin(0).unwrap();
-    assert_eq!(pager.unpin(0).unwrap_err().status(), Status::PAGER_ERR_INVALID_ARGUMENT);
+    assert_eq!(
+        pager.unpin(0).unwrap_err().status(),
+        Status::PAGER_ERR_INVALID_ARGUMENT
+    );
     pager.check_invariants().unwrap();
 }
 
@@ -96,7 +99,10 @@ fn tensor_larger_than_budget_is_refused() {
 
 #[test]
 fn waiting_acquire_times_out() {
-    let options = PagerOptions { wait_ms: 30, ..budget(1000) };
+    let options = PagerOptions {
+        wait_ms: 30,
+        ..budget(1000)
+    };
     let (_d, pager) = table_pager(2, 1000, options);
     let _held = pager.acquire(0).unwrap();
     let err = pager.acquire(1).unwrap_err();
@@ -107,7 +113,10 @@ fn waiting_acquire_times_out() {
 
 #[test]
 fn waiting_acquire_gets_budget_released_by_another_thread() {
-    let options = PagerOptions { wait_ms: 10_000, ..budget(1000) };
+    let options = PagerOptions {
+        wait_ms: 10_000,
+        ..budget(1000)
+    };
     let (_d, pager) = table_pager(2, 1000, options);
     let held = pager.acquire(0).unwrap();
     std::thread::scope(|s| {
@@ -159,7 +168,10 @@ fn tickets_refuse_double_release_stale_copy_and_forgery() {
         Status::PAGER_ERR_INVALID_HANDLE
     );
     assert_eq!(pager.outstanding(), 1);
-    assert_eq!(pager.release_ticket(0, 0).unwrap_err().status(), Status::PAGER_ERR_INVALID_HANDLE);
+    assert_eq!(
+        pager.release_ticket(0, 0).unwrap_err().status(),
+        Status::PAGER_ERR_INVALID_HANDLE
+    );
     assert_eq!(
         pager.release_ticket(1, t2.ticket).unwrap_err().status(),
         Status::PAGER_ERR_INVALID_HANDLE,
@@ -211,11 +223,22 @@ fn closed_pager_refuses_calls_but_keeps_acquired_bytes() {
 #[test]
 fn bad_ids_are_invalid_arguments() {
     let (_d, pager) = table_pager(2, 10, budget(0));
-    for r in [pager.acquire(2).map(|_| ()), pager.pin(9), pager.unpin(2), pager.prefetch(5)] {
+    for r in [
+        pager.acquire(2).map(|_| ()),
+        pager.pin(9),
+        pager.unpin(2),
+        pager.prefetch(5),
+    ] {
         assert_eq!(r.unwrap_err().status(), Status::PAGER_ERR_INVALID_ARGUMENT);
     }
-    assert_eq!(pager.set_schedule(&[0, 1, 2]).unwrap_err().status(), Status::PAGER_ERR_INVALID_ARGUMENT);
-    assert_eq!(pager.find("nope").unwrap_err().status(), Status::PAGER_ERR_NOT_FOUND);
+    assert_eq!(
+        pager.set_schedule(&[0, 1, 2]).unwrap_err().status(),
+        Status::PAGER_ERR_INVALID_ARGUMENT
+    );
+    assert_eq!(
+        pager.find("nope").unwrap_err().status(),
+        Status::PAGER_ERR_NOT_FOUND
+    );
 }
 
 /// A callback source that counts reads and can be told to fail or stall.
@@ -344,14 +367,25 @@ fn slices_are_their_own_pageable_units() {
         pager.add_slice(0, 3990, 11).unwrap_err().status(),
         Status::PAGER_ERR_OUT_OF_BOUNDS
     );
-    assert_eq!(pager.split_experts(0, 3).unwrap_err().status(), Status::PAGER_ERR_INVALID_ARGUMENT);
+    assert_eq!(
+        pager.split_experts(0, 3).unwrap_err().status(),
+        Status::PAGER_ERR_INVALID_ARGUMENT
+    );
     pager.check_invariants().unwrap();
 }
 
 #[test]
 fn schedule_aware_policy_beats_lru_on_a_cyclic_sweep() {
     let run = |policy: PolicyKind, declare: bool| {
-        let (_d, pager) = table_pager(10, 1000, PagerOptions { budget_bytes: 5000, policy, ..Default::default() });
+        let (_d, pager) = table_pager(
+            10,
+            1000,
+            PagerOptions {
+                budget_bytes: 5000,
+                policy,
+                ..Default::default()
+            },
+        );
         if declare {
             pager.set_schedule(&(0..10).collect::<Vec<_>>()).unwrap();
         }
