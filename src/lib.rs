@@ -33,6 +33,8 @@ pub mod policy;
 mod prefetch;
 mod segvec;
 pub mod source;
+pub mod synth;
+pub mod workload;
 
 pub use error::{pager_status_t, Error, Result, Status};
 pub use index::{IndexFormat, TensorIndex, TensorInfo};

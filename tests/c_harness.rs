@@ -149,3 +149,17 @@ fn cpp_wrapper_with_and_without_exceptions() {
     );
     run(&exe, &[model.as_os_str()]);
 }
+
+#[test]
+fn readme_examples_compile_and_run() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    for example in ["examples/pkg-config/main.c", "examples/cmake-consumer/main.cpp"] {
+        let text = std::fs::read_to_string(root().join(example)).unwrap();
+        assert!(readme.contains(&text), "README.md must show {example} verbatim");
+    }
+    let model = fixture_dir().join("llama_q4k.gguf");
+    let exe = build("readme_c", &["../examples/pkg-config/main.c"], false);
+    run(&exe, &[model.as_os_str()]);
+    let exe = build("readme_cpp", &["../examples/cmake-consumer/main.cpp"], true);
+    run(&exe, &[model.as_os_str()]);
+}

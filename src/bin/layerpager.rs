@@ -1,1 +1,546 @@
-fn main() {}
+//! `layerpager`: look at a model, pick a budget, see what the pager does.
+//!
+//! With no arguments it runs the demo on a synthetic llama-shaped model.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use layerpager::index::{block_of, ggml_type_name, IndexFormat};
+use layerpager::source::{drop_page_cache, raw_pread_sweep};
+use layerpager::synth::{write_gguf, LlamaShape};
+use layerpager::workload::{lower_bound_bytes, rss, run_passes, PassConfig, PassReport};
+use layerpager::{Error, IoMode, Pager, PagerOptions, PolicyKind, TensorIndex};
+
+#[derive(Parser)]
+#[command(
+    name = "layerpager",
+    version,
+    about = "Page LLM weights under a RAM budget: inspect, bench, demo"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a llama-shaped model (~300 MB) to a temp dir and run forward
+    /// passes at half its size, with and without a declared schedule.
+    Demo {
+        /// Directory for the temporary model (default: the system temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Show a GGUF or safetensors model's metadata and tensors.
+    Inspect {
+        /// The model file.
+        model: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run forward passes over a real model under a budget.
+    Bench {
+        /// The model file (GGUF or safetensors).
+        model: PathBuf,
+        /// RAM budget: bytes, 512M, 4G, or a share of the model like 50%.
+        #[arg(long, default_value = "50%")]
+        budget: String,
+        /// Forward passes (tokens).
+        #[arg(long, default_value_t = 3)]
+        passes: u32,
+        /// Eviction policy.
+        #[arg(long, value_enum, default_value_t = PolicyArg::Auto)]
+        policy: PolicyArg,
+        /// How the file is read.
+        #[arg(long, value_enum, default_value_t = IoArg::Pread)]
+        io: IoArg,
+        /// Background reader threads.
+        #[arg(long, default_value_t = 1)]
+        prefetch: u32,
+        /// Simulated compute speed in GB/s of weights (none: I/O only).
+        #[arg(long)]
+        compute_gbps: Option<f64>,
+        /// Do not declare the pass order (let the pager learn it).
+        #[arg(long)]
+        no_schedule: bool,
+        /// Keep the page cache warm (default: drop it before each run).
+        #[arg(long)]
+        warm: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PolicyArg {
+    Auto,
+    Lru,
+    Schedule,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum IoArg {
+    Pread,
+    Direct,
+    Mmap,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Demo { dir: None }) {
+        Command::Demo { dir } => demo(dir),
+        Command::Inspect { model, json } => inspect(&model, json),
+        Command::Bench {
+            model,
+            budget,
+            passes,
+            policy,
+            io,
+            prefetch,
+            compute_gbps,
+            no_schedule,
+            warm,
+        } => bench(BenchArgs {
+            model,
+            budget,
+            passes,
+            policy,
+            io,
+            prefetch,
+            compute_gbps,
+            declare: !no_schedule,
+            warm,
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("layerpager: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parses 123, 512K, 512M, 4G, 1.5T (binary units) or N% of `whole`.
+fn parse_size(text: &str, whole: u64, flag: &str) -> Result<u64, Error> {
+    let bad = || Error::InvalidArgument(format!("{flag} '{text}': expected bytes, 512M, 4G or 40%"));
+    let t = text.trim();
+    if let Some(p) = t.strip_suffix('%') {
+        let p: f64 = p.trim().parse().map_err(|_| bad())?;
+        if !(0.0..=1000.0).contains(&p) {
+            return Err(bad());
+        }
+        return Ok((whole as f64 * p / 100.0) as u64);
+    }
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                'B' => 1,
+                _ => return Err(bad()),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    let n: f64 = num.trim().parse().map_err(|_| bad())?;
+    if n < 0.0 {
+        return Err(bad());
+    }
+    Ok((n * mult as f64) as u64)
+}
+
+fn human(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= (1u64 << 30) as f64 {
+        format!("{:.2} GiB", b / (1u64 << 30) as f64)
+    } else if b >= (1u64 << 20) as f64 {
+        format!("{:.1} MiB", b / (1u64 << 20) as f64)
+    } else if b >= 1024.0 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+fn gbps(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64().max(1e-9) / 1e9
+}
+
+fn open_index(path: &Path) -> Result<TensorIndex, Error> {
+    Ok(open_pager(path, PagerOptions::default())?.index().clone())
+}
+
+fn open_pager(path: &Path, options: PagerOptions) -> Result<Pager, Error> {
+    let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
+    if is_safetensors {
+        Pager::open_safetensors(path, options)
+    } else {
+        Pager::open_gguf(path, options)
+    }
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:<34} [{bar:30}] {percent:>3}% {elapsed}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_owned());
+    pb
+}
+
+fn inspect(path: &Path, json: bool) -> Result<(), Error> {
+    let index = open_index(path)?;
+    let tensors = index.tensors();
+    if json {
+        let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+        println!("{{");
+        println!("  \"file\": \"{}\",", esc(&path.display().to_string()));
+        println!("  \"format\": \"{:?}\",", index.format());
+        println!("  \"file_bytes\": {},", index.source_size());
+        println!("  \"tensor_bytes\": {},", index.total_bytes());
+        println!("  \"metadata\": {{");
+        let md = index.metadata();
+        for (i, (k, v)) in md.iter().enumerate() {
+            let comma = if i + 1 < md.len() { "," } else { "" };
+            println!("    \"{}\": \"{}\"{comma}", esc(k), esc(&v.to_string()));
+        }
+        println!("  }},");
+        println!("  \"tensors\": [");
+        for (i, t) in tensors.iter().enumerate() {
+            let comma = if i + 1 < tensors.len() { "," } else { "" };
+            let dims: Vec<String> = t.dims.iter().map(u64::to_string).collect();
+            println!(
+                "    {{\"id\": {i}, \"name\": \"{}\", \"type\": \"{}\", \"dims\": [{}], \"offset\": {}, \"bytes\": {}}}{comma}",
+                esc(&t.name),
+                esc(t.dtype.as_deref().unwrap_or("?")),
+                dims.join(", "),
+                t.offset,
+                t.size
+            );
+        }
+        println!("  ]");
+        println!("}}");
+        return Ok(());
+    }
+    println!("{}", path.display());
+    let format = match index.format() {
+        IndexFormat::Gguf => "GGUF",
+        IndexFormat::Safetensors => "safetensors",
+        IndexFormat::Table => "table",
+    };
+    println!(
+        "  format {format}, {} tensors, {} of tensor data in a {} file",
+        tensors.len(),
+        human(index.total_bytes()),
+        human(index.source_size())
+    );
+    for (k, v) in index.metadata() {
+        let text = v.to_string();
+        let text = if text.chars().count() > 100 {
+            format!("{}...", text.chars().take(97).collect::<String>())
+        } else {
+            text
+        };
+        println!("  {k} = {text}");
+    }
+    println!();
+    println!(
+        "{:>5}  {:<40} {:<8} {:<22} {:>14} {:>12}",
+        "id", "name", "type", "dims", "offset", "bytes"
+    );
+    let mut current_block: Option<Option<u64>> = None;
+    let mut block_bytes = 0u64;
+    let flush = |block: Option<Option<u64>>, bytes: u64| {
+        if let Some(Some(n)) = block {
+            println!(
+                "{:>5}  {:<40} {:>59}",
+                "",
+                format!("-- block {n} total"),
+                human(bytes)
+            );
+        }
+    };
+    for (i, t) in tensors.iter().enumerate() {
+        let block = block_of(&t.name);
+        if current_block != Some(block) {
+            flush(current_block, block_bytes);
+            current_block = Some(block);
+            block_bytes = 0;
+        }
+        block_bytes += t.size;
+        let dims: Vec<String> = t.dims.iter().map(u64::to_string).collect();
+        let ty = t
+            .ggml_type
+            .and_then(ggml_type_name)
+            .map(str::to_owned)
+            .or_else(|| t.dtype.clone())
+            .unwrap_or_else(|| "?".into());
+        println!(
+            "{i:>5}  {:<40} {ty:<8} {:<22} {:>14} {:>12}",
+            t.name,
+            dims.join("x"),
+            t.offset,
+            t.size
+        );
+    }
+    flush(current_block, block_bytes);
+    println!();
+    println!(
+        "  total {} in {} tensors; largest {}",
+        human(index.total_bytes()),
+        tensors.len(),
+        human(index.largest_tensor())
+    );
+    Ok(())
+}
+
+struct BenchArgs {
+    model: PathBuf,
+    budget: String,
+    passes: u32,
+    policy: PolicyArg,
+    io: IoArg,
+    prefetch: u32,
+    compute_gbps: Option<f64>,
+    declare: bool,
+    warm: bool,
+}
+
+/// One measured configuration.
+struct Run {
+    label: String,
+    report: PassReport,
+    peak_rss_delta: Option<u64>,
+}
+
+fn measure(
+    path: &Path,
+    label: &str,
+    options: PagerOptions,
+    config: PassConfig,
+    warm: bool,
+) -> Result<Run, Error> {
+    if !warm {
+        drop_page_cache(path)?;
+    }
+    let pager = open_pager(path, options)?;
+    let order = pager.index().forward_order();
+    let pb = bar(order.len() as u64 * config.passes as u64, label);
+    let base = rss::current_bytes();
+    rss::reset_peak();
+    let report = run_passes(&pager, &order, config, || pb.inc(1))?;
+    let peak = rss::peak_bytes();
+    pb.finish_and_clear();
+    drop(pager);
+    Ok(Run {
+        label: label.to_owned(),
+        report,
+        peak_rss_delta: base.zip(peak).map(|(b, p)| p.saturating_sub(b)),
+    })
+}
+
+fn raw_reference(path: &Path, warm: bool) -> Result<(u64, Duration), Error> {
+    if !warm {
+        drop_page_cache(path)?;
+    }
+    let started = Instant::now();
+    let bytes = raw_pread_sweep(path, 8 << 20)?;
+    Ok((bytes, started.elapsed()))
+}
+
+fn print_runs(runs: &[Run], budget: u64, passes: u32, raw: (u64, Duration)) {
+    let model = runs[0].report.model_bytes;
+    let bound = lower_bound_bytes(model, budget, passes);
+    let raw_gbps = gbps(raw.0, raw.1);
+    println!(
+        "model {} | budget {} ({:.0}%) | {passes} passes | lower bound {} read ({} per pass)",
+        human(model),
+        human(budget),
+        budget as f64 * 100.0 / model as f64,
+        human(bound),
+        human(bound / passes as u64)
+    );
+    println!(
+        "raw pread of the same file: {:.2} GB/s ({} in {:.2?})",
+        raw_gbps,
+        human(raw.0),
+        raw.1
+    );
+    println!();
+    println!(
+        "{:<36} {:>6} {:>12} {:>9} {:>9} {:>8} {:>8} {:>12} {:>10}",
+        "run", "hits", "read/pass", "vs bound", "s/pass", "GB/s", "vs raw", "peak resid.", "peak RSS+"
+    );
+    for r in runs {
+        let s = &r.report.stats;
+        let wall = r.report.wall();
+        let per_pass = wall / passes.max(1);
+        let read_gbps = gbps(s.bytes_read, wall);
+        println!(
+            "{:<36} {:>5.1}% {:>12} {:>8.2}x {:>9.3} {:>8.2} {:>7.2}x {:>12} {:>10}",
+            r.label,
+            r.report.hit_ratio() * 100.0,
+            human(s.bytes_read / passes.max(1) as u64),
+            s.bytes_read as f64 / bound as f64,
+            per_pass.as_secs_f64(),
+            read_gbps,
+            read_gbps / raw_gbps,
+            human(s.peak_resident_bytes),
+            r.peak_rss_delta.map(human).unwrap_or_else(|| "?".into()),
+        );
+    }
+}
+
+fn bench(a: BenchArgs) -> Result<(), Error> {
+    let index = open_index(&a.model)?;
+    let budget = parse_size(&a.budget, index.total_bytes(), "--budget")?;
+    if a.passes == 0 {
+        return Err(Error::InvalidArgument("--passes must be at least 1".into()));
+    }
+    if let Some(g) = a.compute_gbps {
+        if !(g > 0.0 && g.is_finite()) {
+            return Err(Error::InvalidArgument(format!(
+                "--compute-gbps {g}: expected a positive number"
+            )));
+        }
+    }
+    let options = PagerOptions {
+        budget_bytes: budget,
+        policy: match a.policy {
+            PolicyArg::Auto => PolicyKind::Auto,
+            PolicyArg::Lru => PolicyKind::Lru,
+            PolicyArg::Schedule => PolicyKind::Schedule,
+        },
+        io_mode: match a.io {
+            IoArg::Pread => IoMode::Pread,
+            IoArg::Direct => IoMode::Direct,
+            IoArg::Mmap => IoMode::Mmap,
+        },
+        prefetch_threads: a.prefetch,
+        ..Default::default()
+    };
+    let raw = raw_reference(&a.model, a.warm)?;
+    let config = PassConfig {
+        passes: a.passes,
+        compute_gbps: a.compute_gbps,
+        declare_schedule: a.declare,
+        prefetch_next: a.prefetch > 0,
+    };
+    let run = measure(&a.model, "layerpager", options, config, a.warm)?;
+    print_runs(&[run], budget, a.passes, raw);
+    Ok(())
+}
+
+fn demo(dir: Option<PathBuf>) -> Result<(), Error> {
+    let dir = match dir {
+        Some(d) => tempfile_in(&d)?,
+        None => tempfile_in(&std::env::temp_dir())?,
+    };
+    let result = demo_in(dir.path());
+    drop(dir);
+    result
+}
+
+/// A temp dir removed on drop (the demo cleans up after itself).
+struct TempDir(PathBuf);
+impl TempDir {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempfile_in(parent: &Path) -> Result<TempDir, Error> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let path = parent.join(format!("layerpager-demo-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&path).map_err(|e| Error::from_io(format!("mkdir '{}'", path.display()), &e))?;
+    Ok(TempDir(path))
+}
+
+fn demo_in(dir: &Path) -> Result<(), Error> {
+    let path = dir.join("demo-llama.gguf");
+    let tensors = LlamaShape::DEMO.tensors();
+    let total: u64 = tensors.iter().map(|t| t.size()).sum();
+    println!("layerpager {} demo", layerpager::VERSION);
+    println!(
+        "Writing a llama-shaped GGUF ({} blocks, Q4_K, {}) to {}",
+        LlamaShape::DEMO.layers,
+        human(total),
+        path.display()
+    );
+    let pb = bar(total, "writing the model");
+    write_gguf(&path, &tensors, 32, |done| pb.set_position(done))?;
+    pb.finish_and_clear();
+    let passes = 3;
+    let budget = total / 2;
+    let base = PagerOptions {
+        budget_bytes: budget,
+        ..Default::default()
+    };
+    let raw = raw_reference(&path, false)?;
+    let io_only = PassConfig {
+        passes,
+        ..Default::default()
+    };
+    let runs = vec![
+        measure(
+            &path,
+            "seed design: LRU, read on demand",
+            PagerOptions {
+                policy: PolicyKind::Lru,
+                ..base.clone()
+            },
+            io_only,
+            false,
+        )?,
+        measure(
+            &path,
+            "layerpager, schedule declared",
+            PagerOptions {
+                prefetch_threads: 1,
+                ..base.clone()
+            },
+            PassConfig {
+                declare_schedule: true,
+                prefetch_next: true,
+                ..io_only
+            },
+            false,
+        )?,
+        measure(
+            &path,
+            "layerpager, no schedule declared",
+            PagerOptions {
+                prefetch_threads: 1,
+                ..base.clone()
+            },
+            PassConfig {
+                prefetch_next: true,
+                ..io_only
+            },
+            false,
+        )?,
+    ];
+    println!();
+    print_runs(&runs, budget, passes, raw);
+    println!();
+    println!("Cold cache (posix_fadvise DONTNEED) before each run. 'vs bound' is bytes read over");
+    println!("M + (P-1)(M-B); 'vs raw' is read throughput over a raw 8 MiB pread loop of the same file.");
+    println!("Try it on your model: layerpager bench MODEL.gguf --budget 50% --passes 3");
+    Ok(())
+}

@@ -170,10 +170,42 @@ impl TensorIndex {
         self.tensors.iter().map(|t| t.size).max().unwrap_or(0)
     }
 
+    /// The order in which a forward pass touches the tensors, read from
+    /// `blk.N.` names: tensors before the first block (embeddings) first,
+    /// then block by block (file order within a block), then the rest
+    /// (output norm, output). Without block names, file order.
+    pub fn forward_order(&self) -> Vec<u32> {
+        let mut seen_block = false;
+        let mut keyed: Vec<(u64, u32)> = self
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let key = match block_of(&t.name) {
+                    Some(n) => {
+                        seen_block = true;
+                        n + 1
+                    }
+                    None if seen_block => u64::MAX,
+                    None => 0,
+                };
+                (key, i as u32)
+            })
+            .collect();
+        keyed.sort_by_key(|&(key, _)| key);
+        keyed.into_iter().map(|(_, id)| id).collect()
+    }
+
     /// Sum of all tensor sizes.
     pub fn total_bytes(&self) -> u64 {
         self.tensors.iter().map(|t| t.size).sum()
     }
+}
+
+/// The block number N of a `blk.N.` tensor name.
+pub fn block_of(name: &str) -> Option<u64> {
+    let rest = name.strip_prefix("blk.")?;
+    rest.split('.').next()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -197,6 +229,38 @@ mod tests {
     fn table_overflow_is_refused() {
         let err = TensorIndex::from_table(&[("a", u64::MAX, 2u64)], 20).unwrap_err();
         assert_eq!(err.status(), crate::Status::PAGER_ERR_FORMAT);
+    }
+
+    #[test]
+    fn forward_order_groups_blocks() {
+        let names = [
+            "token_embd",
+            "blk.1.a",
+            "blk.0.a",
+            "blk.0.b",
+            "output",
+            "blk.10.a",
+            "blk.2.a",
+        ];
+        let table: Vec<_> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (*n, i as u64, 1u64))
+            .collect();
+        let idx = TensorIndex::from_table(&table, 10).unwrap();
+        let order: Vec<&str> = idx.forward_order().iter().map(|&i| names[i as usize]).collect();
+        assert_eq!(
+            order,
+            [
+                "token_embd",
+                "blk.0.a",
+                "blk.0.b",
+                "blk.1.a",
+                "blk.2.a",
+                "blk.10.a",
+                "output"
+            ]
+        );
     }
 
     #[test]

@@ -194,6 +194,39 @@ impl ByteSource for FileSource {
     }
 }
 
+/// Drops the file's pages from the OS page cache (`posix_fadvise
+/// DONTNEED`), so that the next read of it comes from the device.
+pub fn drop_page_cache(path: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let file = File::open(path).map_err(|e| Error::from_io(format!("open of '{}'", path.display()), &e))?;
+    // SAFETY: a valid descriptor owned by `file` for the duration of the call.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 {
+        return Err(Error::from_errno(
+            format!("posix_fadvise of '{}'", path.display()),
+            rc,
+        ));
+    }
+    Ok(())
+}
+
+/// Reads the whole file sequentially with `pread` in `chunk`-byte reads:
+/// the physical reference a pager is measured against. Returns the bytes
+/// read.
+pub fn raw_pread_sweep(path: &Path, chunk: usize) -> Result<u64> {
+    let file = File::open(path).map_err(|e| Error::from_io(format!("open of '{}'", path.display()), &e))?;
+    let mut buf = vec![0u8; chunk.max(4096)];
+    let mut offset = 0u64;
+    loop {
+        let n = pread_full(&file, offset, &mut buf)
+            .map_err(|e| Error::from_io(format!("read of '{}'", path.display()), &e))?;
+        offset += n as u64;
+        if n < buf.len() {
+            return Ok(offset);
+        }
+    }
+}
+
 /// `pread` until `buf` is full or the end of the file; returns bytes read.
 fn pread_full(file: &File, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut done = 0usize;

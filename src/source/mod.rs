@@ -13,7 +13,7 @@ mod mmap;
 
 pub use buffer::{Allocator, TensorBuffer};
 pub use callback::{CallbackSource, DestroyFn, ReadAtFn};
-pub use file::FileSource;
+pub use file::{drop_page_cache, raw_pread_sweep, FileSource};
 pub use mmap::MmapSource;
 
 use crate::error::{Error, Result};
