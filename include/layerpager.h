@@ -336,10 +336,7 @@ typedef struct pager_stats_t {
   uint64_t wait_ns;
 } pager_stats_t;
 
-/**
- * Every status, in numeric order.
- */
-#define pager_status_t_ALL { PAGER_OK, PAGER_ERR_INVALID_ARGUMENT, PAGER_ERR_NOT_FOUND, PAGER_ERR_IO, PAGER_ERR_OUT_OF_BOUNDS, PAGER_ERR_FORMAT, PAGER_ERR_BUDGET, PAGER_ERR_INVALID_HANDLE, PAGER_ERR_OUT_OF_MEMORY, PAGER_ERR_TIMEOUT, PAGER_ERR_CLOSED, PAGER_ERR_PANIC, }
+
 
 #ifdef __cplusplus
 extern "C" {

@@ -48,24 +48,28 @@ pub type Status = pager_status_t;
 
 impl pager_status_t {
     /// Every status, in numeric order.
-    pub const ALL: [pager_status_t; 12] = [
-        Self::PAGER_OK,
-        Self::PAGER_ERR_INVALID_ARGUMENT,
-        Self::PAGER_ERR_NOT_FOUND,
-        Self::PAGER_ERR_IO,
-        Self::PAGER_ERR_OUT_OF_BOUNDS,
-        Self::PAGER_ERR_FORMAT,
-        Self::PAGER_ERR_BUDGET,
-        Self::PAGER_ERR_INVALID_HANDLE,
-        Self::PAGER_ERR_OUT_OF_MEMORY,
-        Self::PAGER_ERR_TIMEOUT,
-        Self::PAGER_ERR_CLOSED,
-        Self::PAGER_ERR_PANIC,
-    ];
+    pub const fn all() -> [pager_status_t; 12] {
+        [
+            Self::PAGER_OK,
+            Self::PAGER_ERR_INVALID_ARGUMENT,
+            Self::PAGER_ERR_NOT_FOUND,
+            Self::PAGER_ERR_IO,
+            Self::PAGER_ERR_OUT_OF_BOUNDS,
+            Self::PAGER_ERR_FORMAT,
+            Self::PAGER_ERR_BUDGET,
+            Self::PAGER_ERR_INVALID_HANDLE,
+            Self::PAGER_ERR_OUT_OF_MEMORY,
+            Self::PAGER_ERR_TIMEOUT,
+            Self::PAGER_ERR_CLOSED,
+            Self::PAGER_ERR_PANIC,
+        ]
+    }
 
     /// The status with this number, if there is one.
     pub fn from_code(code: i32) -> Option<Self> {
-        usize::try_from(code).ok().and_then(|i| Self::ALL.get(i).copied())
+        usize::try_from(code)
+            .ok()
+            .and_then(|i| Self::all().get(i).copied())
     }
 
     /// A short static description, as returned by `pager_status_string`.
@@ -226,7 +230,7 @@ mod tests {
 
     #[test]
     fn status_numbers_are_the_shipped_ones() {
-        for (i, s) in pager_status_t::ALL.iter().enumerate() {
+        for (i, s) in pager_status_t::all().iter().enumerate() {
             assert_eq!(*s as i32, i as i32);
             assert_eq!(pager_status_t::from_code(i as i32), Some(*s));
         }
