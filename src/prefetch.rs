@@ -1,18 +1,29 @@
-//! Background readers: threads that load queued tensors ahead of use.
+//! Background readers: threads that load tensors ahead of use.
 //!
-//! The queue is a hint list: a tensor already resident or being read is
-//! skipped, a duplicate request is dropped, and nothing here waits for
-//! budget (a prefetch that does not fit is abandoned, not retried).
+//! They serve two kinds of work: explicit requests (`pager_prefetch`,
+//! `pager_hint`), in order, and read-ahead along the schedule (declared or
+//! learned): from the current position forward, every tensor that is not
+//! resident is loaded, as far ahead as the budget allows without evicting a
+//! tensor needed sooner than the one being loaded. Several readers work the
+//! same window at once; single-flight loads keep them from reading a tensor
+//! twice, so they spread over consecutive tensors.
+//!
+//! Nothing here waits for budget: a read-ahead that does not fit stops, and
+//! starts again when the engine's position moves.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::pager::Inner;
 
-/// Most requests kept queued; older ones are dropped first.
+/// Most explicit requests kept queued; the oldest are dropped first.
 const QUEUE_LIMIT: usize = 4096;
+/// Most tensors a read-ahead looks ahead.
+pub(crate) const READ_AHEAD_MAX: usize = 512;
 
 #[derive(Default)]
 struct Queue {
@@ -20,42 +31,28 @@ struct Queue {
     stop: bool,
 }
 
-struct Shared {
+/// The state shared by the pager (which pokes it) and its readers.
+#[derive(Default)]
+pub(crate) struct Shared {
     queue: Mutex<Queue>,
     ready: Condvar,
+    idle: AtomicUsize,
 }
 
-/// The reader threads of one pager.
-pub(crate) struct Prefetcher {
-    shared: Arc<Shared>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Prefetcher {
-    pub(crate) fn start(pager: Arc<Inner>, threads: u32) -> Result<Self> {
-        let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue::default()),
-            ready: Condvar::new(),
-        });
-        let mut handles = Vec::new();
-        for i in 0..threads {
-            let shared = Arc::clone(&shared);
-            let pager = Arc::clone(&pager);
-            let handle = std::thread::Builder::new()
-                .name(format!("layerpager-io-{i}"))
-                .spawn(move || worker(&shared, &pager))
-                .map_err(|e| Error::from_io("spawn of a prefetch thread", &e))?;
-            handles.push(handle);
+impl Shared {
+    /// Wakes a sleeping reader, if any, to look at the schedule again.
+    /// Cheap when every reader is busy: one atomic load.
+    #[inline]
+    pub(crate) fn poke(&self) {
+        if self.idle.load(Ordering::SeqCst) > 0 {
+            let _q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            self.ready.notify_one();
         }
-        Ok(Prefetcher {
-            shared,
-            threads: handles,
-        })
     }
 
-    /// Queues `id`; returns false if the prefetcher is stopping.
+    /// Queues `id`; returns false if the readers are stopping.
     pub(crate) fn enqueue(&self, id: u32) -> bool {
-        let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         if q.stop {
             return false;
         }
@@ -66,12 +63,43 @@ impl Prefetcher {
             q.ids.push_back(id);
         }
         drop(q);
-        self.shared.ready.notify_one();
+        self.ready.notify_one();
         true
+    }
+}
+
+/// The reader threads of one pager.
+pub(crate) struct Prefetcher {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Prefetcher {
+    pub(crate) fn start(pager: Arc<Inner>, shared: Arc<Shared>, threads: u32) -> Result<Self> {
+        let mut prefetcher = Prefetcher {
+            shared,
+            threads: Vec::new(),
+        };
+        for i in 0..threads {
+            let shared = Arc::clone(&prefetcher.shared);
+            let pager = Arc::clone(&pager);
+            let handle = std::thread::Builder::new()
+                .name(format!("layerpager-io-{i}"))
+                .spawn(move || worker(&shared, &pager))
+                .map_err(|e| Error::from_io("spawn of a prefetch thread", &e));
+            match handle {
+                Ok(h) => prefetcher.threads.push(h),
+                Err(e) => {
+                    prefetcher.stop();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(prefetcher)
     }
 
     /// Stops the threads and waits for them (each finishes its current read).
-    pub(crate) fn stop(mut self) {
+    pub(crate) fn stop(&mut self) {
         {
             let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
             q.stop = true;
@@ -84,20 +112,44 @@ impl Prefetcher {
     }
 }
 
+impl Drop for Prefetcher {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 fn worker(shared: &Shared, pager: &Inner) {
+    let mut seen_position = u64::MAX;
     loop {
-        let id = {
+        let explicit = {
             let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
             loop {
                 if q.stop || pager.is_closed() {
                     return;
                 }
                 if let Some(id) = q.ids.pop_front() {
-                    break id;
+                    break Some(id);
                 }
-                q = shared.ready.wait(q).unwrap_or_else(|e| e.into_inner());
+                if pager.schedule_position() != seen_position {
+                    break None;
+                }
+                shared.idle.fetch_add(1, Ordering::SeqCst);
+                // The timeout is a safety net for a poke that raced with
+                // going to sleep; pokes are the normal wake-up.
+                q = shared
+                    .ready
+                    .wait_timeout(q, Duration::from_millis(20))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                shared.idle.fetch_sub(1, Ordering::SeqCst);
             }
         };
-        pager.prefetch_now(id);
+        match explicit {
+            Some(id) => pager.prefetch_now(id),
+            None => {
+                seen_position = pager.schedule_position();
+                pager.read_ahead(READ_AHEAD_MAX);
+            }
+        }
     }
 }

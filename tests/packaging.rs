@@ -56,16 +56,18 @@ fn native_static_libs_list_is_current() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let output = std::process::Command::new(cargo)
         .current_dir(root())
+        // A target dir of its own: this build must not replace the static
+        // library that the C tests link against.
         .args([
             "rustc",
             "--quiet",
             "--lib",
             "--crate-type",
             "staticlib",
-            "--",
-            "--print",
-            "native-static-libs",
+            "--target-dir",
         ])
+        .arg(Path::new(env!("CARGO_TARGET_TMPDIR")).join("native-libs-check"))
+        .args(["--", "--print", "native-static-libs"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -433,10 +433,26 @@ fn bench(a: BenchArgs) -> Result<(), Error> {
         passes: a.passes,
         compute_gbps: a.compute_gbps,
         declare_schedule: a.declare,
-        prefetch_next: a.prefetch > 0,
+        prefetch_next: false,
     };
     let run = measure(&a.model, "layerpager", options, config, a.warm)?;
-    print_runs(&[run], budget, a.passes, raw);
+    let times: Vec<String> = run
+        .report
+        .pass_times
+        .iter()
+        .map(|t| format!("{:.3}", t.as_secs_f64()))
+        .collect();
+    let s = &run.report.stats;
+    print_runs(std::slice::from_ref(&run), budget, a.passes, raw);
+    println!();
+    println!(
+        "per pass (s): {} | simulated compute {:.3} s/pass | read {:.3} s, waited {:.3} s in all | prefetch hits {}",
+        times.join(" "),
+        run.report.compute.as_secs_f64() / a.passes as f64,
+        s.read_ns as f64 / 1e9,
+        s.wait_ns as f64 / 1e9,
+        s.prefetch_hits
+    );
     Ok(())
 }
 
@@ -517,7 +533,6 @@ fn demo_in(dir: &Path) -> Result<(), Error> {
             },
             PassConfig {
                 declare_schedule: true,
-                prefetch_next: true,
                 ..io_only
             },
             false,
@@ -529,10 +544,7 @@ fn demo_in(dir: &Path) -> Result<(), Error> {
                 prefetch_threads: 1,
                 ..base.clone()
             },
-            PassConfig {
-                prefetch_next: true,
-                ..io_only
-            },
+            io_only,
             false,
         )?,
     ];

@@ -31,7 +31,7 @@ use slot::{
 use crate::error::{Error, Result};
 use crate::index::{self, TensorIndex, TensorInfo};
 use crate::policy::{self, EvictionPolicy, PolicyKind};
-use crate::prefetch::Prefetcher;
+use crate::prefetch::{self, Prefetcher};
 use crate::segvec::SegVec;
 use crate::source::{self, Allocator, ByteSource, FileSource, IoMode, MmapSource, TensorBuffer};
 
@@ -128,9 +128,43 @@ enum Intent {
 
 #[derive(Debug, Default)]
 struct EvictState {
+    /// Bytes charged to tensors (loading or resident).
     resident_bytes: u64,
+    /// Freed tensor buffers kept for reuse, so that a steady sweep does not
+    /// page-fault fresh memory; they count against the budget too.
+    pool: Vec<TensorBuffer>,
+    pooled_bytes: u64,
+    /// Highest `resident_bytes + pooled_bytes` seen.
     peak_resident_bytes: u64,
     evictions: u64,
+}
+
+impl EvictState {
+    fn held(&self) -> u64 {
+        self.resident_bytes + self.pooled_bytes
+    }
+
+    /// Takes a pooled buffer of at least `len` bytes that wastes at most a
+    /// quarter of it.
+    fn take_buffer(&mut self, len: u64) -> Option<TensorBuffer> {
+        let i = self
+            .pool
+            .iter()
+            .position(|b| (b.len() as u64) >= len && (b.len() as u64) <= len + len / 4)?;
+        let b = self.pool.swap_remove(i);
+        self.pooled_bytes -= b.len() as u64;
+        Some(b)
+    }
+
+    /// Frees the oldest pooled buffer; false if the pool is empty.
+    fn free_one(&mut self) -> bool {
+        if self.pool.is_empty() {
+            return false;
+        }
+        let b = self.pool.remove(0);
+        self.pooled_bytes -= b.len() as u64;
+        true
+    }
 }
 
 pub(crate) struct Inner {
@@ -159,6 +193,8 @@ pub(crate) struct Inner {
     ticket_salt: u64,
     overflow_leases: Mutex<HashMap<u64, u32>>,
     next_overflow: AtomicU64,
+    /// The background readers' shared state, when there are readers.
+    readers: Option<Arc<prefetch::Shared>>,
 }
 
 /// A pager: tensors of one source under one byte budget.
@@ -317,10 +353,16 @@ impl Pager {
             ticket_salt: random_salt(),
             overflow_leases: Mutex::new(HashMap::new()),
             next_overflow: AtomicU64::new(0),
+            readers: (options.prefetch_threads > 0).then(|| Arc::new(prefetch::Shared::default())),
         });
-        let prefetcher = (options.prefetch_threads > 0)
-            .then(|| Prefetcher::start(Arc::clone(&inner), options.prefetch_threads))
-            .transpose()?;
+        let prefetcher = match &inner.readers {
+            Some(shared) => Some(Prefetcher::start(
+                Arc::clone(&inner),
+                Arc::clone(shared),
+                options.prefetch_threads,
+            )?),
+            None => None,
+        };
         Ok(Pager {
             inner,
             prefetcher: Mutex::new(prefetcher),
@@ -399,11 +441,7 @@ impl Pager {
     pub fn prefetch(&self, id: u32) -> Result<()> {
         self.inner.check_open()?;
         let info = self.inner.info(id)?;
-        let queued = self
-            .lock_prefetcher()
-            .as_ref()
-            .map(|p| p.enqueue(id))
-            .unwrap_or(false);
+        let queued = self.inner.readers.as_ref().is_some_and(|r| r.enqueue(id));
         if !queued {
             self.inner.source.advise_willneed(info.offset, info.size);
         }
@@ -520,7 +558,7 @@ impl Pager {
             let _g = self.inner.lock_evict();
             self.inner.budget_freed.notify_all();
         }
-        if let Some(p) = self.lock_prefetcher().take() {
+        if let Some(mut p) = self.lock_prefetcher().take() {
             p.stop();
         }
     }
@@ -627,15 +665,20 @@ impl Inner {
         let slot = self.slot(id)?;
         self.check_open()?;
         if let Some(prev) = slot.try_acquire_resident(true) {
-            if prev & PREFETCHED != 0 {
-                self.prefetch_hits.fetch_add(1, Ordering::Relaxed);
-            }
             self.policy.on_access(id);
+            if prev & PREFETCHED != 0 {
+                // The engine reached the read-ahead window: move it on.
+                self.prefetch_hits.fetch_add(1, Ordering::Relaxed);
+                self.poke_readers();
+            }
             return Ok((slot.data.load(Ordering::Acquire), slot.info().size));
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
-        self.policy.on_access(id);
+        self.poke_readers();
         self.load(id, Intent::Acquire)?;
+        // Only now: until it is acquired, the policy must see the tensor as
+        // needed next, not as just used (which would make it the victim).
+        self.policy.on_access(id);
         Ok((slot.data.load(Ordering::Acquire), slot.info().size))
     }
 
@@ -742,7 +785,15 @@ impl Inner {
             match state_of(w) {
                 RESIDENT => {
                     let done = match intent {
-                        Intent::Acquire => slot.try_acquire_resident(false).is_some(),
+                        Intent::Acquire => match slot.try_acquire_resident(false) {
+                            Some(prev) => {
+                                if prev & PREFETCHED != 0 {
+                                    self.prefetch_hits.fetch_add(1, Ordering::Relaxed);
+                                }
+                                true
+                            }
+                            None => false,
+                        },
                         Intent::Pin => slot
                             .word
                             .compare_exchange(w, w | PINNED, Ordering::AcqRel, Ordering::Acquire)
@@ -764,7 +815,9 @@ impl Inner {
                         .word
                         .compare_exchange(
                             w,
-                            (w & !(PINNED | PREFETCHED)) | LOADING,
+                            (w & !(PINNED | PREFETCHED))
+                                | LOADING
+                                | if intent == Intent::Prefetch { PREFETCHED } else { 0 },
                             Ordering::AcqRel,
                             Ordering::Acquire,
                         )
@@ -823,7 +876,9 @@ impl Inner {
                 Ok(())
             }
             Err(e) => {
-                sync.failure = Some((sync.load_generation, e.clone()));
+                // A read-ahead that did not fit is no verdict on the tensor:
+                // whoever waited for it reads it on its own.
+                sync.failure = (intent != Intent::Prefetch).then(|| (sync.load_generation, e.clone()));
                 let hits = slot.load_word() & slot::HITS_MASK;
                 slot.word.store(ABSENT | hits, Ordering::Release);
                 Err(e)
@@ -848,8 +903,9 @@ impl Inner {
             Some(_) => info.size,
             None => source::buffer_len_for(self.source.as_ref(), info.offset, info.size) as u64,
         };
-        self.reserve(id, charge, intent)?;
-        let read = || -> Result<(Residence, *mut u8)> {
+        let reused = self.reserve(id, charge, intent, mapped.is_none())?;
+        let charge = self.slot_unchecked(id).charge.load(Ordering::Relaxed);
+        let read = move || -> Result<(Residence, *mut u8)> {
             self.source.verify_unchanged()?;
             let started = Instant::now();
             let out = if let Some(map) = mapped {
@@ -859,7 +915,10 @@ impl Inner {
                 (Residence::Mapped, bytes.as_ptr() as *mut u8)
             } else {
                 let align = self.alignment.max(self.source.direct_alignment().unwrap_or(1));
-                let mut buffer = TensorBuffer::allocate(charge as usize, align, self.allocator.as_ref())?;
+                let mut buffer = match reused {
+                    Some(b) => b,
+                    None => TensorBuffer::allocate(charge as usize, align, self.allocator.as_ref())?,
+                };
                 let data_offset = source::read_tensor(
                     self.source.as_ref(),
                     info.offset,
@@ -891,14 +950,20 @@ impl Inner {
 
     /// Charges `charge` bytes for `id` to the budget, evicting idle tensors
     /// as the policy chooses; waits up to `wait_ms` for in-use tensors to be
-    /// released when that is not enough.
-    fn reserve(&self, id: u32, charge: u64, intent: Intent) -> Result<()> {
+    /// released when that is not enough. With `wants_buffer`, returns a
+    /// pooled buffer to reuse when one fits (the slot is then charged its
+    /// capacity). A read-ahead (`Intent::Prefetch`) never waits and evicts
+    /// only tensors needed later than the one it loads.
+    fn reserve(
+        &self,
+        id: u32,
+        charge: u64,
+        intent: Intent,
+        wants_buffer: bool,
+    ) -> Result<Option<TensorBuffer>> {
         let mut g = self.lock_evict();
-        let wait_ms = if intent == Intent::Prefetch {
-            0
-        } else {
-            self.wait_ms
-        };
+        let readahead = intent == Intent::Prefetch;
+        let wait_ms = if readahead { 0 } else { self.wait_ms };
         let deadline = Instant::now() + Duration::from_millis(wait_ms as u64);
         let mut waited: Option<Instant> = None;
         let mut registered = false;
@@ -913,12 +978,21 @@ impl Inner {
                     self.label(id)
                 )));
             }
-            if budget == 0 || g.resident_bytes + charge <= budget {
-                break Ok(());
+            if wants_buffer {
+                if let Some(buffer) = g.take_buffer(charge) {
+                    // Moves from the pool to the tensor: the total is unchanged.
+                    break Ok((buffer.len() as u64, Some(buffer)));
+                }
             }
-            self.evict_down(&mut g, budget - charge, Some(id));
-            if g.resident_bytes + charge <= budget {
-                break Ok(());
+            if budget == 0 || g.held() + charge <= budget {
+                break Ok((charge, None));
+            }
+            if g.resident_bytes + charge > budget {
+                if self.evict_one_for(&mut g, id, readahead.then_some(id)) {
+                    continue;
+                }
+            } else if g.free_one() {
+                continue;
             }
             if wait_ms == 0 {
                 break Err(Error::Budget(self.budget_report(&g, id, charge, budget)));
@@ -951,12 +1025,11 @@ impl Inner {
             self.wait_ns
                 .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
         }
-        if result.is_ok() {
-            g.resident_bytes += charge;
-            g.peak_resident_bytes = g.peak_resident_bytes.max(g.resident_bytes);
-            self.slot_unchecked(id).charge.store(charge, Ordering::Relaxed);
-        }
-        result
+        let (charged, buffer) = result?;
+        g.resident_bytes += charged;
+        g.peak_resident_bytes = g.peak_resident_bytes.max(g.held());
+        self.slot_unchecked(id).charge.store(charged, Ordering::Relaxed);
+        Ok(buffer)
     }
 
     fn budget_report(&self, g: &EvictState, id: u32, charge: u64, budget: u64) -> String {
@@ -979,19 +1052,33 @@ impl Inner {
         )
     }
 
-    /// Evicts idle unpinned tensors until resident bytes are at most
-    /// `target` or nothing more can go. Called with the eviction mutex held.
-    fn evict_down(&self, g: &mut EvictState, target: u64, exclude: Option<u32>) {
-        while g.resident_bytes > target {
+    /// Evicts the policy's victim among idle unpinned tensors other than
+    /// `exclude`; with `incoming`, only one needed later than it. Returns
+    /// whether something was evicted. Called with the eviction mutex held.
+    fn evict_one_for(&self, g: &mut EvictState, exclude: u32, incoming: Option<u32>) -> bool {
+        loop {
             let mut candidates = self.slots.iter().enumerate().filter_map(|(i, s)| {
                 let w = s.load_word();
                 let idle = state_of(w) == RESIDENT && in_use_of(w) == 0 && w & PINNED == 0;
-                (idle && Some(i as u32) != exclude).then_some(i as u32)
+                (idle && i as u32 != exclude).then_some(i as u32)
             });
-            let Some(victim) = self.policy.choose_victim(&mut candidates) else {
-                return;
+            let Some(victim) = self.policy.choose_victim(&mut candidates, incoming) else {
+                return false;
             };
-            self.evict_one(g, victim);
+            // A victim acquired since the scan is skipped; choose again.
+            if self.evict_one(g, victim) {
+                return true;
+            }
+        }
+    }
+
+    /// Evicts idle tensors and frees pooled buffers until at most `target`
+    /// bytes are held or nothing more can go.
+    fn evict_down(&self, g: &mut EvictState, target: u64) {
+        while g.held() > target {
+            if !g.free_one() && !self.evict_one_for(g, u32::MAX, None) {
+                return;
+            }
         }
     }
 
@@ -1025,12 +1112,18 @@ impl Inner {
             .store((w & !slot::STATE_MASK) | ABSENT, Ordering::Release);
         drop(sync);
         slot.changed.notify_all();
-        if let Some(Residence::Mapped) = residence {
-            let info = slot.info();
-            self.source.advise_dontneed(info.offset, info.size);
+        match residence {
+            Some(Residence::Mapped) => {
+                let info = slot.info();
+                self.source.advise_dontneed(info.offset, info.size);
+            }
+            Some(Residence::Owned(buffer)) => {
+                // Kept for the next load of the same size; still charged.
+                g.pooled_bytes += buffer.len() as u64;
+                g.pool.push(buffer);
+            }
+            None => {}
         }
-        // An owned buffer is freed here, returning its pages to the OS.
-        drop(residence);
         true
     }
 
@@ -1065,9 +1158,9 @@ impl Inner {
     fn set_budget(&self, budget: u64) -> Result<()> {
         self.check_open()?;
         let mut g = self.lock_evict();
-        if budget != 0 && g.resident_bytes > budget {
-            self.evict_down(&mut g, budget, None);
-            if g.resident_bytes > budget {
+        if budget != 0 && g.held() > budget {
+            self.evict_down(&mut g, budget);
+            if g.held() > budget {
                 return Err(Error::Budget(format!(
                     "cannot shrink the budget to {budget} bytes: {} bytes are pinned, in use or being read",
                     g.resident_bytes
@@ -1086,7 +1179,7 @@ impl Inner {
             prefetch_hits: self.prefetch_hits.load(Ordering::Relaxed),
             evictions: g.evictions,
             bytes_read: self.bytes_read.load(Ordering::Relaxed),
-            resident_bytes: g.resident_bytes,
+            resident_bytes: g.held(),
             peak_resident_bytes: g.peak_resident_bytes,
             budget_bytes: self.budget.load(Ordering::Relaxed),
             read_ns: self.read_ns.load(Ordering::Relaxed),
@@ -1144,16 +1237,25 @@ impl Inner {
                 g.resident_bytes
             ));
         }
-        if budget != 0 && g.resident_bytes > budget {
+        if g.pooled_bytes != g.pool.iter().map(|b| b.len() as u64).sum::<u64>() {
+            return Err("pooled bytes do not add up".to_owned());
+        }
+        if budget != 0 && g.held() > budget {
             return Err(format!(
                 "resident {} bytes past the budget of {budget}",
                 g.resident_bytes
             ));
         }
-        if g.peak_resident_bytes < g.resident_bytes {
+        if g.peak_resident_bytes < g.held() {
             return Err("peak below current".to_owned());
         }
         Ok(())
+    }
+
+    fn poke_readers(&self) {
+        if let Some(r) = &self.readers {
+            r.poke();
+        }
     }
 
     /// Background read of `id` (prefetch worker). Errors are dropped: a
@@ -1161,6 +1263,71 @@ impl Inner {
     pub(crate) fn prefetch_now(&self, id: u32) {
         if self.slots.get(id as usize).is_some() && self.check_open().is_ok() {
             let _ = self.load(id, Intent::Prefetch);
+        }
+    }
+
+    /// Where the schedule is; changes whenever the engine moves along it.
+    pub(crate) fn schedule_position(&self) -> u64 {
+        self.policy.position()
+    }
+
+    /// Bytes of tensors read (or being read) ahead and not used yet.
+    fn unused_prefetched_bytes(&self) -> u64 {
+        self.slots
+            .iter()
+            .filter(|s| s.load_word() & PREFETCHED != 0)
+            .map(|s| s.charge.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// How many bytes the read-ahead may hold unused. Every byte it holds
+    /// is a byte the kept part of the model cannot, and is read again each
+    /// pass; so when the model does not fit, the window is a small share of
+    /// what does not fit (at least one tensor, so that reads overlap
+    /// compute), and unlimited when it does.
+    fn read_ahead_window(&self) -> u64 {
+        let budget = self.budget.load(Ordering::Relaxed);
+        let model = self.index.total_bytes();
+        if budget == 0 || budget >= model {
+            return u64::MAX;
+        }
+        // Room that is free now costs the kept part nothing.
+        let free = budget.saturating_sub(self.lock_evict().held());
+        ((model - budget) / 16).max(free)
+    }
+
+    /// Loads the tensors the schedule expects next, nearest first, until one
+    /// does not fit without evicting something needed sooner, the read-ahead
+    /// window is full, `max` are looked at, or the engine moves on.
+    pub(crate) fn read_ahead(&self, max: usize) {
+        let start = self.policy.position();
+        let mut upcoming = Vec::new();
+        self.policy.upcoming(max, &mut upcoming);
+        let window = self.read_ahead_window();
+        let mut held = self.unused_prefetched_bytes();
+        for id in upcoming {
+            if self.check_open().is_err() {
+                return;
+            }
+            let Some(slot) = self.slots.get(id as usize) else {
+                continue;
+            };
+            if state_of(slot.load_word()) != ABSENT {
+                continue;
+            }
+            let size = slot.info().size;
+            if held > 0 && held + size > window {
+                return;
+            }
+            // The engine moved on: this list may name tensors it has already
+            // passed. The worker plans again from the new position.
+            if self.policy.position() != start {
+                return;
+            }
+            held += size;
+            if self.load(id, Intent::Prefetch).is_err() {
+                return;
+            }
         }
     }
 

@@ -1,26 +1,32 @@
 //! Eviction policies: which idle resident tensor to drop when a load needs
-//! room.
+//! room, and what the read-ahead should fetch next.
 //!
 //! A policy sees every acquisition through [`EvictionPolicy::on_access`],
-//! which runs on the hit path and must be lock-free and O(1); everything
-//! else runs on the miss path under the pager's eviction mutex, where a
-//! scan over the candidates is cheap next to the read it makes room for.
+//! which runs on the hit path and must be lock-free and O(1) once the
+//! schedule is known; everything else runs on the miss path under the
+//! pager's eviction mutex, where a scan over the candidates is cheap next to
+//! the read it makes room for.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::RwLock;
+mod schedule;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use schedule::ScheduleAware;
 
 use crate::segvec::SegVec;
 
 /// Which policy a pager uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PolicyKind {
-    /// Schedule-aware when the pass order is known, LRU otherwise.
+    /// Schedule-aware: the declared schedule, or one learned from the first
+    /// pass; frequency admission (ties evict the newcomer) while none is
+    /// known. The default.
     #[default]
     Auto,
-    /// Least recently used.
+    /// Least recently used, exact.
     Lru,
-    /// Furthest next use in the declared schedule (Belady's rule on the cycle);
-    /// LRU until a schedule is declared.
+    /// Furthest next use in the declared schedule (Belady's rule on the
+    /// cycle); frequency admission until a schedule is declared (no learning).
     Schedule,
 }
 
@@ -41,20 +47,34 @@ pub trait EvictionPolicy: Send + Sync {
     /// Called on every acquisition of `id`, hit or miss. Lock-free, O(1).
     fn on_access(&self, id: u32);
     /// Picks the victim among `candidates` (idle, unpinned, resident), or
-    /// `None` to evict nothing. Called under the eviction mutex.
-    fn choose_victim(&self, candidates: &mut dyn Iterator<Item = u32>) -> Option<u32>;
-    /// The order in which a pass touches tensors; it repeats every pass.
+    /// `None` to evict nothing. With `incoming` (a read-ahead load), only a
+    /// victim needed later than `incoming` may be chosen. Called under the
+    /// eviction mutex.
+    fn choose_victim(&self, candidates: &mut dyn Iterator<Item = u32>, incoming: Option<u32>) -> Option<u32>;
+    /// Declares the order in which a pass touches tensors; it repeats every
+    /// pass. An empty order forgets the declared one.
     fn set_schedule(&self, _ids: &[u32]) {}
     /// Tensors (slices) were added: ids up to `n - 1` now exist. Called
     /// before they are published, with appends serialised.
     fn grow(&self, n: usize);
+    /// Appends to `out` up to `max` ids the schedule expects next, nearest
+    /// first; nothing when no schedule is known.
+    fn upcoming(&self, _max: usize, _out: &mut Vec<u32>) {}
+    /// A position counter that changes whenever the schedule position moves
+    /// (read-ahead wakes on it); 0 when there is no schedule.
+    fn position(&self) -> u64 {
+        0
+    }
+    /// Human-readable name and state ("auto (learned schedule of 290)").
+    fn describe(&self) -> String;
 }
 
 /// Builds the policy for `kind` over `n` tensors.
 pub fn build(kind: PolicyKind, n: usize) -> Box<dyn EvictionPolicy> {
     match kind {
         PolicyKind::Lru => Box::new(Lru::new(n)),
-        PolicyKind::Auto | PolicyKind::Schedule => Box::new(ScheduleAware::new(n)),
+        PolicyKind::Auto => Box::new(ScheduleAware::new(n, true)),
+        PolicyKind::Schedule => Box::new(ScheduleAware::new(n, false)),
     }
 }
 
@@ -89,104 +109,72 @@ impl EvictionPolicy for Lru {
         let _ = self.stamps.grow_to(n, |_, _| {});
     }
 
-    fn choose_victim(&self, candidates: &mut dyn Iterator<Item = u32>) -> Option<u32> {
+    fn choose_victim(&self, candidates: &mut dyn Iterator<Item = u32>, incoming: Option<u32>) -> Option<u32> {
+        if incoming.is_some() {
+            // LRU knows nothing of the future: a read-ahead evicts nothing.
+            return None;
+        }
         candidates.min_by_key(|&id| {
             self.stamps
                 .get(id as usize)
                 .map_or(0, |s| s.load(Ordering::Relaxed))
         })
     }
+
+    fn describe(&self) -> String {
+        "lru".to_owned()
+    }
 }
 
-/// A declared schedule: for each tensor, its positions in the pass.
-#[derive(Debug, Default)]
-struct Schedule {
-    len: usize,
-    positions: Vec<Vec<u32>>,
+/// Frequency admission for streams with no known order: the victim is the
+/// candidate used least often; among equals, the one used most recently
+/// (the newcomer is rejected, W-TinyLFU style). On a cyclic sweep larger
+/// than the budget this keeps a fixed part of the cycle resident instead of
+/// re-reading everything as LRU does.
+pub struct FrequencyAdmission {
+    clock: AtomicU64,
+    stamps: SegVec<AtomicU64>,
+    counts: SegVec<AtomicU64>,
 }
 
-/// Belady's rule on a repeating schedule: evict the candidate whose next use
-/// is furthest from the current position. Tensors outside the schedule go
-/// first. Until a schedule is declared it behaves as [`Lru`].
-pub struct ScheduleAware {
-    lru: Lru,
-    schedule: RwLock<Schedule>,
-    /// Position in the schedule of the latest acquisition.
-    cursor: AtomicUsize,
-}
-
-impl ScheduleAware {
-    /// A schedule-aware policy over `n` tensors.
+impl FrequencyAdmission {
+    /// A policy over `n` tensors.
     pub fn new(n: usize) -> Self {
-        ScheduleAware {
-            lru: Lru::new(n),
-            schedule: RwLock::new(Schedule::default()),
-            cursor: AtomicUsize::new(0),
-        }
-    }
-}
-
-/// The first entry of sorted `positions` at or after `from`, cyclically.
-fn next_position(positions: &[u32], from: usize, len: usize) -> Option<usize> {
-    let first = *positions.first()? as usize;
-    let i = positions.partition_point(|&p| (p as usize) < from);
-    Some(match positions.get(i) {
-        Some(&p) => p as usize,
-        None => first + len,
-    })
-}
-
-impl EvictionPolicy for ScheduleAware {
-    fn on_access(&self, id: u32) {
-        self.lru.on_access(id);
-        // try_read: never block the hit path behind a set_schedule.
-        let Ok(s) = self.schedule.try_read() else { return };
-        if s.len == 0 {
-            return;
-        }
-        let Some(positions) = s.positions.get(id as usize) else {
-            return;
+        let f = FrequencyAdmission {
+            clock: AtomicU64::new(1),
+            stamps: SegVec::new(|| AtomicU64::new(0)),
+            counts: SegVec::new(|| AtomicU64::new(0)),
         };
-        let cur = self.cursor.load(Ordering::Relaxed);
-        if let Some(p) = next_position(positions, cur, s.len) {
-            self.cursor.store(p % s.len, Ordering::Relaxed);
-        }
+        f.grow(n);
+        f
     }
+}
 
-    fn choose_victim(&self, candidates: &mut dyn Iterator<Item = u32>) -> Option<u32> {
-        let s = self.schedule.read().unwrap_or_else(|e| e.into_inner());
-        if s.len == 0 {
-            return self.lru.choose_victim(candidates);
+impl EvictionPolicy for FrequencyAdmission {
+    fn on_access(&self, id: u32) {
+        let now = self.clock.fetch_add(1, Ordering::Relaxed);
+        if let (Some(s), Some(c)) = (self.stamps.get(id as usize), self.counts.get(id as usize)) {
+            s.store(now, Ordering::Relaxed);
+            c.fetch_add(1, Ordering::Relaxed);
         }
-        // Next use strictly after the current position: the tensor just
-        // acquired is needed again only a full pass later.
-        let from = self.cursor.load(Ordering::Relaxed) + 1;
-        candidates.max_by_key(|&id| {
-            s.positions
-                .get(id as usize)
-                .and_then(|p| next_position(p, from, s.len))
-                .unwrap_or(usize::MAX)
-        })
     }
 
     fn grow(&self, n: usize) {
-        self.lru.grow(n);
+        let _ = self.stamps.grow_to(n, |_, _| {});
+        let _ = self.counts.grow_to(n, |_, _| {});
     }
 
-    fn set_schedule(&self, ids: &[u32]) {
-        let mut s = self.schedule.write().unwrap_or_else(|e| e.into_inner());
-        let n = self.lru.stamps.len();
-        let mut positions = vec![Vec::new(); n];
-        for (pos, &id) in ids.iter().enumerate() {
-            if let Some(p) = positions.get_mut(id as usize) {
-                p.push(pos as u32);
-            }
+    fn choose_victim(&self, candidates: &mut dyn Iterator<Item = u32>, incoming: Option<u32>) -> Option<u32> {
+        if incoming.is_some() {
+            return None;
         }
-        *s = Schedule {
-            len: ids.len(),
-            positions,
-        };
-        self.cursor.store(ids.len().saturating_sub(1), Ordering::Relaxed);
+        let load =
+            |v: &SegVec<AtomicU64>, id: u32| v.get(id as usize).map_or(0, |s| s.load(Ordering::Relaxed));
+        candidates.min_by_key(|&id| (load(&self.counts, id), u64::MAX - load(&self.stamps, id)))
+    }
+
+    fn describe(&self) -> String {
+        "frequency admission".to_owned()
     }
 }
 
@@ -200,24 +188,18 @@ mod tests {
         for id in [0, 1, 2, 0, 1] {
             p.on_access(id);
         }
-        assert_eq!(p.choose_victim(&mut [0u32, 1, 2].into_iter()), Some(2));
+        assert_eq!(p.choose_victim(&mut [0u32, 1, 2].into_iter(), None), Some(2));
+        assert_eq!(p.choose_victim(&mut [0u32, 1, 2].into_iter(), Some(3)), None);
     }
 
     #[test]
-    fn schedule_evicts_furthest_next_use() {
-        let p = ScheduleAware::new(4);
-        p.set_schedule(&[0, 1, 2, 3]);
-        p.on_access(0);
-        p.on_access(1);
-        // At position 1: next uses are 2 (pos 2), 3 (pos 3), 0 (pos 4).
-        assert_eq!(p.choose_victim(&mut [0u32, 2, 3].into_iter()), Some(0));
-        assert_eq!(p.choose_victim(&mut [2u32, 3].into_iter()), Some(3));
-    }
-
-    #[test]
-    fn next_position_wraps() {
-        assert_eq!(next_position(&[1, 5], 6, 8), Some(9));
-        assert_eq!(next_position(&[1, 5], 2, 8), Some(5));
-        assert_eq!(next_position(&[], 2, 8), None);
+    fn frequency_admission_rejects_the_newcomer_on_ties() {
+        let p = FrequencyAdmission::new(4);
+        for id in [0, 1, 2, 0] {
+            p.on_access(id);
+        }
+        // 1 and 2 were used once; 2 is the newer: it goes first.
+        assert_eq!(p.choose_victim(&mut [0u32, 1, 2].into_iter(), None), Some(2));
+        assert_eq!(p.choose_victim(&mut [0u32, 1].into_iter(), None), Some(1));
     }
 }

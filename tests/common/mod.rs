@@ -16,23 +16,40 @@ pub struct Expected {
     pub bytes: Vec<u8>,
 }
 
-/// The directory of reference fixtures, written once per test binary.
+/// The directory of reference fixtures, written once per version of the
+/// generator script and shared by every test binary.
 pub fn fixture_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("fixtures-{}", std::process::id()));
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make_fixtures.py");
+        let text = std::fs::read(&script).expect("the fixture script");
+        let hash = text.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        });
+        let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let dir = tmp.join(format!("fixtures-{hash:016x}"));
+        if dir.join("done").exists() {
+            return dir;
+        }
+        // Written aside and renamed: test binaries running at once never see
+        // a half-written set.
+        let partial = tmp.join(format!("fixtures-{hash:016x}.{}", std::process::id()));
         let status = std::process::Command::new("python3")
             .arg(&script)
-            .arg(&dir)
+            .arg(&partial)
             .stdout(std::process::Stdio::null())
             .status()
             .expect("python3 runs");
         assert!(
             status.success(),
-            "{} failed: the tests need llama.cpp's gguf package (pip install gguf)",
+            "{} failed: the tests need llama.cpp's gguf package (python3 -m pip install gguf numpy)",
             script.display()
         );
+        std::fs::write(partial.join("done"), b"").unwrap();
+        if std::fs::rename(&partial, &dir).is_err() {
+            // Another binary won the race; its set is the same.
+            let _ = std::fs::remove_dir_all(&partial);
+        }
         dir
     })
 }

@@ -1,0 +1,362 @@
+//! Schedule-aware eviction: Belady's rule on the repeating pass.
+//!
+//! The order of a pass comes from `set_schedule`, or is learned from the
+//! acquire stream: the first tensor of the stream marks the start of the
+//! cycle, and a cycle is adopted once the stream has repeated its first
+//! [`CONFIRM`] steps. A learned schedule that stops matching the stream (more
+//! than a quarter of a pass off) is dropped and learning starts again. While
+//! no schedule is known, [`FrequencyAdmission`] decides.
+//!
+//! The hit path reads the schedule through one atomic pointer; schedules are
+//! never freed before the policy, so a reader never sees freed memory. Each
+//! `set_schedule` (and each learned cycle) therefore keeps its table until the
+//! pager is dropped: declare the schedule once per model, not per token.
+
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use super::{EvictionPolicy, FrequencyAdmission};
+
+/// Steps of the second pass that must match the first before a learned
+/// cycle is adopted.
+const CONFIRM: usize = 8;
+/// Longest acquire stream kept while looking for a cycle.
+const MAX_TRACE: usize = 1 << 20;
+
+struct Schedule {
+    ids: Vec<u32>,
+    /// For each id, its positions in `ids`, ascending.
+    positions: Vec<Vec<u32>>,
+    declared: bool,
+    /// Accesses observed and how many did not follow the schedule, over the
+    /// current window of one pass (learned schedules only).
+    window: AtomicU64,
+    mismatches: AtomicU64,
+}
+
+impl Schedule {
+    fn new(ids: Vec<u32>, declared: bool) -> Self {
+        let n = ids.iter().map(|&i| i as usize + 1).max().unwrap_or(0);
+        let mut positions = vec![Vec::new(); n];
+        for (pos, &id) in ids.iter().enumerate() {
+            positions[id as usize].push(pos as u32);
+        }
+        Schedule {
+            ids,
+            positions,
+            declared,
+            window: AtomicU64::new(0),
+            mismatches: AtomicU64::new(0),
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.ids.len() as u64
+    }
+
+    /// Slots from index `from` (in 0..len) to the next use of `id`, or None
+    /// if the schedule never uses it.
+    fn distance(&self, id: u32, from: u64) -> Option<u64> {
+        let p = self.positions.get(id as usize)?;
+        let first = *p.first()? as u64;
+        let i = p.partition_point(|&x| (x as u64) < from);
+        Some(match p.get(i) {
+            Some(&x) => x as u64 - from,
+            None => first + self.len() - from,
+        })
+    }
+}
+
+#[derive(Default)]
+struct Learner {
+    trace: Vec<u32>,
+    /// Positions j > 0 where the stream met its first id again, still matching.
+    candidates: Vec<usize>,
+}
+
+/// Belady's rule on the declared or learned pass order; frequency admission
+/// while no order is known.
+pub struct ScheduleAware {
+    learn: bool,
+    fallback: FrequencyAdmission,
+    current: AtomicPtr<Schedule>,
+    /// Every schedule ever installed; freed with the policy. Boxed so that
+    /// the pointers in `current` stay valid when the vector grows.
+    #[allow(clippy::vec_box)]
+    kept: Mutex<Vec<Box<Schedule>>>,
+    /// Absolute position: passes * len + index of the latest acquisition.
+    cursor: AtomicU64,
+    learning: AtomicBool,
+    learner: Mutex<Learner>,
+}
+
+impl ScheduleAware {
+    /// A policy over `n` tensors; `learn` enables learning the order from
+    /// the acquire stream.
+    pub fn new(n: usize, learn: bool) -> Self {
+        ScheduleAware {
+            learn,
+            fallback: FrequencyAdmission::new(n),
+            current: AtomicPtr::new(std::ptr::null_mut()),
+            kept: Mutex::new(Vec::new()),
+            cursor: AtomicU64::new(0),
+            learning: AtomicBool::new(learn),
+            learner: Mutex::new(Learner::default()),
+        }
+    }
+
+    fn schedule(&self) -> Option<&Schedule> {
+        let p = self.current.load(Ordering::Acquire);
+        // SAFETY: every pointer stored in `current` comes from a Box kept in
+        // `kept`, which is only emptied when the policy is dropped.
+        (!p.is_null()).then(|| unsafe { &*p })
+    }
+
+    /// Installs `schedule` with the cursor at index `at`.
+    fn install(&self, schedule: Option<Schedule>, at: u64) {
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        match schedule {
+            Some(s) => {
+                let len = s.len();
+                let mut boxed = Box::new(s);
+                let ptr: *mut Schedule = &mut *boxed;
+                kept.push(boxed);
+                // Keep the cursor moving forward so read-ahead sees a change.
+                let base = (self.cursor.load(Ordering::Relaxed) / len + 2) * len;
+                self.cursor.store(base + at, Ordering::Relaxed);
+                self.current.store(ptr, Ordering::Release);
+            }
+            None => self.current.store(std::ptr::null_mut(), Ordering::Release),
+        }
+    }
+
+    fn observe(&self, id: u32) {
+        let mut l = self.learner.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.learning.load(Ordering::Relaxed) {
+            return;
+        }
+        let j = l.trace.len();
+        l.trace.push(id);
+        if j > 0 && id == l.trace[0] {
+            l.candidates.push(j);
+        }
+        let trace = std::mem::take(&mut l.trace);
+        let mut adopted = None;
+        l.candidates.retain(|&c| {
+            let k = j - c;
+            if trace[j] != trace[k] {
+                return false;
+            }
+            if adopted.is_none() && k + 1 >= CONFIRM.min(c) {
+                adopted = Some((c, k));
+            }
+            true
+        });
+        l.trace = trace;
+        if let Some((c, k)) = adopted {
+            let ids = l.trace[..c].to_vec();
+            *l = Learner::default();
+            self.learning.store(false, Ordering::Relaxed);
+            self.install(Some(Schedule::new(ids, false)), k as u64);
+        } else if l.trace.len() >= MAX_TRACE {
+            // No cycle in a million acquisitions: stay with frequency admission.
+            *l = Learner::default();
+            self.learning.store(false, Ordering::Relaxed);
+        }
+    }
+
+    fn forget_learned(&self) {
+        self.install(None, 0);
+        if self.learn {
+            *self.learner.lock().unwrap_or_else(|e| e.into_inner()) = Learner::default();
+            self.learning.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+impl EvictionPolicy for ScheduleAware {
+    fn on_access(&self, id: u32) {
+        let Some(s) = self.schedule() else {
+            self.fallback.on_access(id);
+            if self.learning.load(Ordering::Relaxed) {
+                self.observe(id);
+            }
+            return;
+        };
+        let len = s.len();
+        let cur = self.cursor.load(Ordering::Relaxed);
+        let index = cur % len;
+        let next = (index + 1) % len;
+        let matched = if s.ids[next as usize] == id {
+            self.cursor.store(cur + 1, Ordering::Relaxed);
+            true
+        } else if s.ids[index as usize] == id {
+            true
+        } else {
+            if let Some(d) = s.distance(id, next) {
+                self.cursor.store(cur + 1 + d, Ordering::Relaxed);
+            }
+            false
+        };
+        if !s.declared {
+            let seen = s.window.fetch_add(1, Ordering::Relaxed) + 1;
+            let missed = if matched {
+                s.mismatches.load(Ordering::Relaxed)
+            } else {
+                s.mismatches.fetch_add(1, Ordering::Relaxed) + 1
+            };
+            if seen >= len {
+                if missed * 4 > len {
+                    self.forget_learned();
+                } else {
+                    s.window.store(0, Ordering::Relaxed);
+                    s.mismatches.store(0, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn choose_victim(&self, candidates: &mut dyn Iterator<Item = u32>, incoming: Option<u32>) -> Option<u32> {
+        let Some(s) = self.schedule() else {
+            return self.fallback.choose_victim(candidates, incoming);
+        };
+        // Distances from the slot after the current one: the tensor just
+        // acquired is needed again only a full pass later.
+        let from = (self.cursor.load(Ordering::Relaxed) + 1) % s.len();
+        let distance = |id: u32| s.distance(id, from).unwrap_or(u64::MAX);
+        let (victim, d) = candidates.map(|id| (id, distance(id))).max_by_key(|&(_, d)| d)?;
+        match incoming {
+            Some(inc) if d <= distance(inc) => None,
+            _ => Some(victim),
+        }
+    }
+
+    fn set_schedule(&self, ids: &[u32]) {
+        if ids.is_empty() {
+            self.forget_learned();
+            return;
+        }
+        self.learning.store(false, Ordering::Relaxed);
+        let len = ids.len() as u64;
+        // The next acquisition is expected to be the schedule's first.
+        self.install(Some(Schedule::new(ids.to_vec(), true)), len - 1);
+    }
+
+    fn grow(&self, n: usize) {
+        self.fallback.grow(n);
+    }
+
+    fn upcoming(&self, max: usize, out: &mut Vec<u32>) {
+        let Some(s) = self.schedule() else { return };
+        let index = self.cursor.load(Ordering::Relaxed) % s.len();
+        let n = max.min(s.ids.len());
+        for step in 1..=n as u64 {
+            out.push(s.ids[((index + step) % s.len()) as usize]);
+        }
+    }
+
+    fn position(&self) -> u64 {
+        self.cursor.load(Ordering::Relaxed)
+    }
+
+    fn describe(&self) -> String {
+        match self.schedule() {
+            Some(s) if s.declared => format!("schedule-aware (declared schedule of {})", s.len()),
+            Some(s) => format!("schedule-aware (learned schedule of {})", s.len()),
+            None if self.learning.load(Ordering::Relaxed) => {
+                "frequency admission (learning the pass)".to_owned()
+            }
+            None => "frequency admission".to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declared_schedule_evicts_furthest_next_use() {
+        let p = ScheduleAware::new(4, false);
+        p.set_schedule(&[0, 1, 2, 3]);
+        p.on_access(0);
+        p.on_access(1);
+        // At index 1: next uses are 2 (+1), 3 (+2), 0 (+3).
+        assert_eq!(p.choose_victim(&mut [0u32, 2, 3].into_iter(), None), Some(0));
+        assert_eq!(p.choose_victim(&mut [2u32, 3].into_iter(), None), Some(3));
+        // A read-ahead of 2 may not evict 3?  3 is needed after 2: it may.
+        assert_eq!(p.choose_victim(&mut [3u32].into_iter(), Some(2)), Some(3));
+        // A read-ahead of 3 may not evict 2, needed sooner.
+        assert_eq!(p.choose_victim(&mut [2u32].into_iter(), Some(3)), None);
+        let mut up = Vec::new();
+        p.upcoming(3, &mut up);
+        assert_eq!(up, [2, 3, 0]);
+    }
+
+    #[test]
+    fn cycle_is_learned_after_the_second_pass_confirms_it() {
+        let p = ScheduleAware::new(20, true);
+        let pass: Vec<u32> = (0..20).collect();
+        for &id in &pass {
+            p.on_access(id);
+        }
+        assert!(p.describe().contains("learning"), "{}", p.describe());
+        for &id in &pass[..CONFIRM] {
+            p.on_access(id);
+        }
+        assert!(
+            p.describe().contains("learned schedule of 20"),
+            "{}",
+            p.describe()
+        );
+        let mut up = Vec::new();
+        p.upcoming(2, &mut up);
+        assert_eq!(up, [CONFIRM as u32, CONFIRM as u32 + 1]);
+    }
+
+    #[test]
+    fn tied_embeddings_do_not_fool_the_learner() {
+        // token_embd (0) is used first and again as the output head.
+        let mut pass = vec![0u32];
+        pass.extend(1..12);
+        pass.push(0);
+        let p = ScheduleAware::new(12, true);
+        for _ in 0..2 {
+            for &id in &pass {
+                p.on_access(id);
+            }
+        }
+        assert!(
+            p.describe().contains("learned schedule of 13"),
+            "{}",
+            p.describe()
+        );
+    }
+
+    #[test]
+    fn learned_schedule_is_dropped_when_the_stream_changes() {
+        let p = ScheduleAware::new(40, true);
+        let pass: Vec<u32> = (0..10).collect();
+        for _ in 0..2 {
+            for &id in &pass {
+                p.on_access(id);
+            }
+        }
+        assert!(p.describe().contains("learned"));
+        let mut x = 7u32;
+        for _ in 0..30 {
+            x = x.wrapping_mul(1103515245).wrapping_add(12345);
+            p.on_access(10 + (x >> 16) % 30);
+        }
+        assert!(!p.describe().contains("learned"), "{}", p.describe());
+    }
+
+    #[test]
+    fn without_a_schedule_frequency_admission_decides() {
+        let p = ScheduleAware::new(4, false);
+        for id in [0, 1, 2, 0] {
+            p.on_access(id);
+        }
+        assert_eq!(p.choose_victim(&mut [0u32, 1, 2].into_iter(), None), Some(2));
+    }
+}
