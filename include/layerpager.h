@@ -436,8 +436,10 @@ enum pager_status_t pager_open_source(const struct pager_source_t *src,
  * `pager_release`, which stays valid for acquisitions still held: their
  * memory stays valid until each is released, and the pager is freed with
  * the last release (or now, if none is held). Closing twice, or NULL, does
- * nothing. Calls running in other threads finish first (close waits for
- * them; an acquire waiting for budget is woken with `PAGER_ERR_CLOSED`).
+ * nothing. Calls running in other threads at that moment end normally (an
+ * acquire waiting for budget is woken with `PAGER_ERR_CLOSED`); whichever
+ * call ends last frees the pager. Background readers are stopped before
+ * `pager_close` returns.
  *
  * # Safety
  * `p` is NULL or a pointer returned by a `pager_open_*` function.

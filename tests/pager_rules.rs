@@ -452,3 +452,51 @@ fn threads_hammering_one_pager_keep_every_rule() {
     pager.check_invariants().unwrap();
     assert_eq!(pager.outstanding(), 0);
 }
+
+#[test]
+fn auto_policy_learns_the_cycle_without_a_declared_schedule() {
+    let (_d, pager) = table_pager(
+        40,
+        1000,
+        PagerOptions {
+            budget_bytes: 20_000,
+            ..Default::default()
+        },
+    );
+    for _ in 0..3 {
+        for id in 0..40 {
+            drop(pager.acquire(id).unwrap());
+            pager.check_invariants().unwrap();
+        }
+    }
+    // Lower bound: M + (P-1)(M-B) = 40000 + 2 * 20000.
+    let read = pager.stats().bytes_read;
+    assert!(read <= 80_000 * 115 / 100, "read {read}, bound 80000");
+}
+
+#[test]
+fn read_ahead_follows_the_schedule_within_the_budget() {
+    let p = probe(40_000, 1);
+    let options = PagerOptions {
+        budget_bytes: 20_000,
+        prefetch_threads: 2,
+        ..Default::default()
+    };
+    let pager = probe_pager(&p, 40, 1000, options);
+    pager.set_schedule(&(0..40).collect::<Vec<_>>()).unwrap();
+    for _ in 0..3 {
+        for id in 0..40u32 {
+            let a = pager.acquire(id).unwrap();
+            assert_pattern(a.bytes(), id as usize * 1000);
+            // Simulated compute, long enough for a read to land.
+            std::thread::sleep(Duration::from_millis(2));
+            drop(a);
+            pager.check_invariants().unwrap();
+        }
+    }
+    let s = pager.stats();
+    assert!(s.prefetch_hits > 20, "{s:?}");
+    assert!(s.peak_resident_bytes <= 20_000);
+    // The window adds at most a share of what does not fit per pass.
+    assert!(s.bytes_read <= 80_000 * 110 / 100, "{s:?}");
+}

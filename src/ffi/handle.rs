@@ -10,10 +10,12 @@
 //! Every call registers in `inflight` before it looks at `state`, and the
 //! freer announces `FREEING` before it looks at `inflight` (both SeqCst), so
 //! either the call sees the pager going away or the freer sees the call and
-//! backs off; whoever leaves last frees.
+//! backs off; whoever leaves last frees. `inflight` is striped over cache
+//! lines, a stripe per thread slot, so that threads calling at once do not
+//! contend on one counter.
 
 use std::ffi::CString;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::error::{Error, Result};
@@ -51,17 +53,34 @@ pub struct pager_t {
     magic: AtomicU64,
     state: AtomicU32,
     poisoned: AtomicBool,
-    inflight: AtomicU64,
+    inflight: [Stripe; STRIPES],
     owned: AtomicPtr<Owned>,
     free_lock: Mutex<()>,
 }
 
 static TOMBSTONES: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 
+const STRIPES: usize = 8;
+
+/// One cache line's counter.
+#[repr(align(64))]
+#[derive(Default)]
+struct Stripe(AtomicU64);
+
+/// This thread's stripe: threads are spread round-robin over the stripes.
+fn my_stripe() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    }
+    STRIPE.with(|s| *s)
+}
+
 /// A registered call on a handle; deregisters (and frees the pager if it was
 /// the last thing keeping a closed pager alive) on drop.
 pub(crate) struct Entered<'a> {
     handle: &'a pager_t,
+    stripe: usize,
 }
 
 impl pager_t {
@@ -75,7 +94,7 @@ impl pager_t {
             magic: AtomicU64::new(MAGIC),
             state: AtomicU32::new(OPEN),
             poisoned: AtomicBool::new(false),
-            inflight: AtomicU64::new(0),
+            inflight: Default::default(),
             owned: AtomicPtr::new(owned),
             free_lock: Mutex::new(()),
         }));
@@ -101,8 +120,9 @@ impl pager_t {
         if handle.magic.load(Ordering::Relaxed) != MAGIC {
             return Err(Error::InvalidHandle(format!("{p:p} is not a pager")));
         }
-        handle.inflight.fetch_add(1, Ordering::SeqCst);
-        Ok(Entered { handle })
+        let stripe = my_stripe();
+        handle.inflight[stripe].0.fetch_add(1, Ordering::SeqCst);
+        Ok(Entered { handle, stripe })
     }
 
     /// Closes the pager: later calls return `PAGER_ERR_CLOSED`; the pager is
@@ -137,7 +157,7 @@ impl pager_t {
             }
         }
         self.state.store(FREEING, Ordering::SeqCst);
-        if self.inflight.load(Ordering::SeqCst) != 0 {
+        if self.inflight.iter().any(|s| s.0.load(Ordering::SeqCst) != 0) {
             // A call is inside; it frees on its way out.
             self.state.store(CLOSED, Ordering::SeqCst);
             return;
@@ -191,7 +211,7 @@ impl Entered<'_> {
 
 impl Drop for Entered<'_> {
     fn drop(&mut self) {
-        self.handle.inflight.fetch_sub(1, Ordering::SeqCst);
+        self.handle.inflight[self.stripe].0.fetch_sub(1, Ordering::SeqCst);
         if self.handle.state.load(Ordering::SeqCst) == CLOSED {
             self.handle.try_free();
         }

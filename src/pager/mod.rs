@@ -665,20 +665,20 @@ impl Inner {
         let slot = self.slot(id)?;
         self.check_open()?;
         if let Some(prev) = slot.try_acquire_resident(true) {
-            self.policy.on_access(id);
-            if prev & PREFETCHED != 0 {
+            if prev & PREFETCHED == 0 {
+                self.policy.on_hit(id);
+            } else {
                 // The engine reached the read-ahead window: move it on.
+                self.policy.on_access(id);
                 self.prefetch_hits.fetch_add(1, Ordering::Relaxed);
                 self.poke_readers();
             }
             return Ok((slot.data.load(Ordering::Acquire), slot.info().size));
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
+        self.policy.on_access(id);
         self.poke_readers();
         self.load(id, Intent::Acquire)?;
-        // Only now: until it is acquired, the policy must see the tensor as
-        // needed next, not as just used (which would make it the victim).
-        self.policy.on_access(id);
         Ok((slot.data.load(Ordering::Acquire), slot.info().size))
     }
 
@@ -779,8 +779,11 @@ impl Inner {
     fn load(&self, id: u32, intent: Intent) -> Result<()> {
         let slot = self.slot_unchecked(id);
         let started = Instant::now();
+        let mut waiting = false;
         let result = loop {
-            self.check_open()?;
+            if let Err(e) = self.check_open() {
+                break Err(e);
+            }
             let w = slot.load_word();
             match state_of(w) {
                 RESIDENT => {
@@ -833,9 +836,15 @@ impl Inner {
                     }
                     let mut sync = slot.lock();
                     let generation = sync.load_generation;
+                    // While someone waits for it, the tensor is not a victim
+                    // (the policy already counts it as just used).
+                    if !waiting {
+                        slot.waiters.fetch_add(1, Ordering::SeqCst);
+                    }
                     while matches!(state_of(slot.load_word()), LOADING | EVICTING) {
                         sync = slot.changed.wait(sync).unwrap_or_else(|e| e.into_inner());
                     }
+                    waiting = true;
                     if let Some((g, err)) = &sync.failure {
                         if *g == generation + 1 && state_of(slot.load_word()) == ABSENT {
                             break Err(err.clone());
@@ -844,6 +853,9 @@ impl Inner {
                 }
             }
         };
+        if waiting {
+            slot.waiters.fetch_sub(1, Ordering::SeqCst);
+        }
         if intent == Intent::Acquire {
             self.wait_ns
                 .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -1059,7 +1071,10 @@ impl Inner {
         loop {
             let mut candidates = self.slots.iter().enumerate().filter_map(|(i, s)| {
                 let w = s.load_word();
-                let idle = state_of(w) == RESIDENT && in_use_of(w) == 0 && w & PINNED == 0;
+                let idle = state_of(w) == RESIDENT
+                    && in_use_of(w) == 0
+                    && w & PINNED == 0
+                    && s.waiters.load(Ordering::SeqCst) == 0;
                 (idle && i as u32 != exclude).then_some(i as u32)
             });
             let Some(victim) = self.policy.choose_victim(&mut candidates, incoming) else {

@@ -13,7 +13,7 @@
 //! EVICTING only with a CAS that requires in-use 0 and not pinned, so a
 //! tensor in use is never evicted.
 
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 
 use crate::error::Error;
@@ -84,6 +84,8 @@ pub(crate) struct Slot {
     pub(crate) charge: AtomicU64,
     /// Hits folded out of the state word's hit field.
     pub(crate) hits_folded: AtomicU64,
+    /// Acquirers waiting for this slot's load: the evictor leaves it alone.
+    pub(crate) waiters: AtomicU32,
     /// Lease cells: `generation << 1 | occupied`.
     pub(crate) leases: [AtomicU64; LEASES_PER_SLOT],
     pub(crate) sync: Mutex<SlotSync>,
@@ -98,6 +100,7 @@ impl Slot {
             data: AtomicPtr::new(std::ptr::null_mut()),
             charge: AtomicU64::new(0),
             hits_folded: AtomicU64::new(0),
+            waiters: AtomicU32::new(0),
             leases: Default::default(),
             sync: Mutex::new(SlotSync::default()),
             changed: Condvar::new(),

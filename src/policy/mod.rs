@@ -1,11 +1,12 @@
 //! Eviction policies: which idle resident tensor to drop when a load needs
 //! room, and what the read-ahead should fetch next.
 //!
-//! A policy sees every acquisition through [`EvictionPolicy::on_access`],
-//! which runs on the hit path and must be lock-free and O(1) once the
-//! schedule is known; everything else runs on the miss path under the
-//! pager's eviction mutex, where a scan over the candidates is cheap next to
-//! the read it makes room for.
+//! A policy sees every hit through [`EvictionPolicy::on_hit`], which runs on
+//! the hit path and must be lock-free and O(1) (the schedule-aware policy
+//! does nothing there once it knows the schedule), and every miss through
+//! [`EvictionPolicy::on_access`]; everything else runs on the miss path under
+//! the pager's eviction mutex, where a scan over the candidates is cheap next
+//! to the read it makes room for.
 
 mod schedule;
 
@@ -44,8 +45,14 @@ impl PolicyKind {
 
 /// The interface every eviction policy implements.
 pub trait EvictionPolicy: Send + Sync {
-    /// Called on every acquisition of `id`, hit or miss. Lock-free, O(1).
+    /// Called on every acquisition of `id` that is not a plain hit: misses,
+    /// and the first use of a tensor that was read ahead.
     fn on_access(&self, id: u32);
+    /// Called on every plain hit of `id`. Lock-free, O(1), no shared write
+    /// when it can be avoided: this is the hot path.
+    fn on_hit(&self, id: u32) {
+        self.on_access(id);
+    }
     /// Picks the victim among `candidates` (idle, unpinned, resident), or
     /// `None` to evict nothing. With `incoming` (a read-ahead load), only a
     /// victim needed later than `incoming` may be chosen. Called under the

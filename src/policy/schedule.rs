@@ -3,9 +3,9 @@
 //! The order of a pass comes from `set_schedule`, or is learned from the
 //! acquire stream: the first tensor of the stream marks the start of the
 //! cycle, and a cycle is adopted once the stream has repeated its first
-//! [`CONFIRM`] steps. A learned schedule that stops matching the stream (more
-//! than a quarter of a pass off) is dropped and learning starts again. While
-//! no schedule is known, [`FrequencyAdmission`] decides.
+//! [`CONFIRM`] steps. A learned schedule that stops matching the stream (a
+//! quarter of a pass of misses on tensors outside it) is dropped and learning
+//! starts again. While no schedule is known, [`FrequencyAdmission`] decides.
 //!
 //! The hit path reads the schedule through one atomic pointer; schedules are
 //! never freed before the policy, so a reader never sees freed memory. Each
@@ -28,9 +28,8 @@ struct Schedule {
     /// For each id, its positions in `ids`, ascending.
     positions: Vec<Vec<u32>>,
     declared: bool,
-    /// Accesses observed and how many did not follow the schedule, over the
-    /// current window of one pass (learned schedules only).
-    window: AtomicU64,
+    /// Misses on tensors outside the schedule in the current pass (learned
+    /// schedules only).
     mismatches: AtomicU64,
 }
 
@@ -45,7 +44,6 @@ impl Schedule {
             ids,
             positions,
             declared,
-            window: AtomicU64::new(0),
             mismatches: AtomicU64::new(0),
         }
     }
@@ -186,33 +184,30 @@ impl EvictionPolicy for ScheduleAware {
         let len = s.len();
         let cur = self.cursor.load(Ordering::Relaxed);
         let index = cur % len;
-        let next = (index + 1) % len;
-        let matched = if s.ids[next as usize] == id {
-            self.cursor.store(cur + 1, Ordering::Relaxed);
-            true
-        } else if s.ids[index as usize] == id {
-            true
-        } else {
-            if let Some(d) = s.distance(id, next) {
-                self.cursor.store(cur + 1 + d, Ordering::Relaxed);
+        if s.ids[index as usize] == id {
+            return;
+        }
+        let Some(d) = s.distance(id, (index + 1) % len) else {
+            // Not in the schedule: for a learned one, the stream has left the
+            // cycle if this happens for a quarter of a pass.
+            if !s.declared && (s.mismatches.fetch_add(1, Ordering::Relaxed) + 1) * 4 > len {
+                self.forget_learned();
             }
-            false
+            return;
         };
-        if !s.declared {
-            let seen = s.window.fetch_add(1, Ordering::Relaxed) + 1;
-            let missed = if matched {
-                s.mismatches.load(Ordering::Relaxed)
-            } else {
-                s.mismatches.fetch_add(1, Ordering::Relaxed) + 1
-            };
-            if seen >= len {
-                if missed * 4 > len {
-                    self.forget_learned();
-                } else {
-                    s.window.store(0, Ordering::Relaxed);
-                    s.mismatches.store(0, Ordering::Relaxed);
-                }
-            }
+        let new = cur + 1 + d;
+        self.cursor.store(new, Ordering::Relaxed);
+        if !s.declared && new / len != cur / len {
+            s.mismatches.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn on_hit(&self, id: u32) {
+        // With a schedule, hits move nothing: the position is caught up at
+        // the next miss, which is when eviction needs it. This keeps shared
+        // writes off the hot path.
+        if self.current.load(Ordering::Relaxed).is_null() {
+            self.on_access(id);
         }
     }
 
