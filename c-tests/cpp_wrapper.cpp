@@ -21,7 +21,7 @@ int main(int argc, char **argv) {
   if (argc != 2) return 2;
   const char *model = argv[1];
   {
-    layerpager::Pager pager = layerpager::Pager::open_gguf(model, layerpager::Options().budget(1 << 20));
+    layerpager::Pager pager = layerpager::Pager::open_gguf(model, layerpager::Options().budget(1 << 20).prefetch_threads(0));
     EXPECT(pager.tensor_count() > 10);
     std::uint32_t id = pager.find("blk.0.attn_q.weight");
     pager_tensor_info_t info = pager.info(id);

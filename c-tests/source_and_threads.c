@@ -113,12 +113,12 @@ int main(int argc, char **argv) {
   o.prefetch_threads = 2;
   o.alignment = 256;
   pager_t *p = NULL;
+  /* A failing source (from the start, so that read-ahead fails too): the
+   * acquire reports the errno, the next one retries. */
+  mem.fail_errno = 5;
   CHECK_OK(pager_open_source(&src, descs, N_TENSORS, &o, &p));
   if (!p) return check_report("source_and_threads");
   CHECK(pager_tensor_count(p) == N_TENSORS);
-
-  /* A failing source: the acquire reports the errno, the next one retries. */
-  mem.fail_errno = 5;
   pager_tensor_t t;
   CHECK_STATUS(pager_acquire_by_name(p, "blk.3.weight", &t), PAGER_ERR_IO);
   CHECK(strstr(pager_last_error_message(), "errno 5") != NULL);

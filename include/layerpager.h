@@ -164,7 +164,8 @@ typedef struct pager_options_t {
    */
   uint32_t io_mode;
   /**
-   * Background reader threads; 0 = no background reads (default).
+   * Background reader threads that read ahead along the schedule and
+   * serve `pager_prefetch`; 0 = no background reads. Default 2.
    */
   uint32_t prefetch_threads;
   /**
@@ -363,8 +364,9 @@ const char *pager_version(void);
 
 /**
  * Fills `*opts` with the defaults: unlimited budget, `PAGER_POLICY_AUTO`,
- * `PAGER_IO_PREAD`, no prefetch threads, alignment 64, no waiting, built-in
- * allocator, and `struct_size = sizeof(pager_options_t)`. NULL is ignored.
+ * `PAGER_IO_PREAD`, 2 background readers, alignment 64, no waiting,
+ * built-in allocator, and `struct_size = sizeof(pager_options_t)`. NULL is
+ * ignored.
  *
  * # Safety
  * `opts` is NULL or points to writable memory for a `pager_options_t`.

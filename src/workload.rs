@@ -65,11 +65,14 @@ fn spin(d: Duration) {
     }
 }
 
-/// Runs the passes over `order` and reports what they cost.
+/// Runs the passes over `order` and reports what they cost. `before_pass`
+/// runs before each pass, outside the timing (the benchmarks drop the
+/// file's page cache there, as on a machine whose RAM cannot cache the model).
 pub fn run_passes(
     pager: &Pager,
     order: &[u32],
     config: PassConfig,
+    mut before_pass: impl FnMut() -> Result<()>,
     mut tick: impl FnMut(),
 ) -> Result<PassReport> {
     if config.declare_schedule {
@@ -82,6 +85,7 @@ pub fn run_passes(
     let mut pass_times = Vec::new();
     let mut compute = Duration::ZERO;
     for _ in 0..config.passes {
+        before_pass()?;
         let started = Instant::now();
         for (i, &id) in order.iter().enumerate() {
             let a = pager.acquire(id)?;

@@ -17,10 +17,13 @@ fn table_pager(n: usize, size: u64, options: PagerOptions) -> (tempfile::TempDir
     (dir, pager)
 }
 
+/// Exact counting needs no background readers: they would turn misses
+/// into prefetch hits at their own pace.
 fn budget(bytes: u64) -> PagerOptions {
     PagerOptions {
         budget_bytes: bytes,
         policy: PolicyKind::Lru,
+        prefetch_threads: 0,
         ..Default::default()
     }
 }
@@ -383,6 +386,7 @@ fn schedule_aware_policy_beats_lru_on_a_cyclic_sweep() {
             PagerOptions {
                 budget_bytes: 5000,
                 policy,
+                prefetch_threads: 0,
                 ..Default::default()
             },
         );

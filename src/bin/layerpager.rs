@@ -35,6 +35,14 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Write a llama-shaped GGUF with random weights (for trying budgets).
+    Synth {
+        /// Where to write it.
+        out: PathBuf,
+        /// Number of blocks (9 is about 300 MB, 48 about 1.45 GB).
+        #[arg(long, default_value_t = 9)]
+        layers: u32,
+    },
     /// Show a GGUF or safetensors model's metadata and tensors.
     Inspect {
         /// The model file.
@@ -47,7 +55,8 @@ enum Command {
     Bench {
         /// The model file (GGUF or safetensors).
         model: PathBuf,
-        /// RAM budget: bytes, 512M, 4G, or a share of the model like 50%.
+        /// RAM budget: bytes, 512M, 4G, or a share of the model like 50%;
+        /// several, comma-separated, run one after another.
         #[arg(long, default_value = "50%")]
         budget: String,
         /// Forward passes (tokens).
@@ -60,7 +69,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t = IoArg::Pread)]
         io: IoArg,
         /// Background reader threads.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 2)]
         prefetch: u32,
         /// Simulated compute speed in GB/s of weights (none: I/O only).
         #[arg(long)]
@@ -93,6 +102,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Demo { dir: None }) {
         Command::Demo { dir } => demo(dir),
         Command::Inspect { model, json } => inspect(&model, json),
+        Command::Synth { out, layers } => synth(&out, layers),
         Command::Bench {
             model,
             budget,
@@ -189,7 +199,7 @@ fn open_pager(path: &Path, options: PagerOptions) -> Result<Pager, Error> {
 fn bar(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     pb.set_style(
-        ProgressStyle::with_template("{msg:<34} [{bar:30}] {percent:>3}% {elapsed}")
+        ProgressStyle::with_template("{msg:<42} [{bar:30}] {percent:>3}% {elapsed}")
             .expect("valid template")
             .progress_chars("=> "),
     );
@@ -329,15 +339,13 @@ fn measure(
     config: PassConfig,
     warm: bool,
 ) -> Result<Run, Error> {
-    if !warm {
-        drop_page_cache(path)?;
-    }
     let pager = open_pager(path, options)?;
     let order = pager.index().forward_order();
     let pb = bar(order.len() as u64 * config.passes as u64, label);
     let base = rss::current_bytes();
     rss::reset_peak();
-    let report = run_passes(&pager, &order, config, || pb.inc(1))?;
+    let before_pass = || if warm { Ok(()) } else { drop_page_cache(path) };
+    let report = run_passes(&pager, &order, config, before_pass, || pb.inc(1))?;
     let peak = rss::peak_bytes();
     pb.finish_and_clear();
     drop(pager);
@@ -357,41 +365,58 @@ fn raw_reference(path: &Path, warm: bool) -> Result<(u64, Duration), Error> {
     Ok((bytes, started.elapsed()))
 }
 
+fn print_header(model: u64, passes: u32, raw: (u64, Duration), compute_gbps: Option<f64>) {
+    println!(
+        "model {} | {passes} passes | simulated compute {} | raw pread of the same file: {:.2} GB/s ({} in {:.2?})",
+        human(model),
+        compute_gbps.map_or("none".to_owned(), |g| format!("{g} GB/s")),
+        gbps(raw.0, raw.1),
+        human(raw.0),
+        raw.1
+    );
+}
+
 fn print_runs(runs: &[Run], budget: u64, passes: u32, raw: (u64, Duration)) {
     let model = runs[0].report.model_bytes;
     let bound = lower_bound_bytes(model, budget, passes);
     let raw_gbps = gbps(raw.0, raw.1);
+    println!();
     println!(
-        "model {} | budget {} ({:.0}%) | {passes} passes | lower bound {} read ({} per pass)",
-        human(model),
+        "budget {} ({:.0}% of the model) | lower bound {} read ({} per pass)",
         human(budget),
         budget as f64 * 100.0 / model as f64,
         human(bound),
         human(bound / passes as u64)
     );
     println!(
-        "raw pread of the same file: {:.2} GB/s ({} in {:.2?})",
-        raw_gbps,
-        human(raw.0),
-        raw.1
-    );
-    println!();
-    println!(
-        "{:<36} {:>6} {:>12} {:>9} {:>9} {:>8} {:>8} {:>12} {:>10}",
-        "run", "hits", "read/pass", "vs bound", "s/pass", "GB/s", "vs raw", "peak resid.", "peak RSS+"
+        "{:<42} {:>6} {:>11} {:>8} {:>8} {:>10} {:>7} {:>7} {:>11} {:>10}",
+        "run",
+        "hits",
+        "read/pass",
+        "vs bound",
+        "s/pass",
+        "vs ideal",
+        "GB/s",
+        "vs raw",
+        "peak resid",
+        "peak RSS+"
     );
     for r in runs {
         let s = &r.report.stats;
         let wall = r.report.wall();
         let per_pass = wall / passes.max(1);
         let read_gbps = gbps(s.bytes_read, wall);
+        // The ideal time: compute and this run's reads at raw speed, overlapped.
+        let io = s.bytes_read as f64 / (raw_gbps * 1e9);
+        let ideal = r.report.compute.as_secs_f64().max(io);
         println!(
-            "{:<36} {:>5.1}% {:>12} {:>8.2}x {:>9.3} {:>8.2} {:>7.2}x {:>12} {:>10}",
+            "{:<42} {:>5.1}% {:>11} {:>7.3}x {:>8.3} {:>9.2}x {:>7.2} {:>6.2}x {:>11} {:>10}",
             r.label,
             r.report.hit_ratio() * 100.0,
             human(s.bytes_read / passes.max(1) as u64),
             s.bytes_read as f64 / bound as f64,
             per_pass.as_secs_f64(),
+            wall.as_secs_f64() / ideal.max(1e-9),
             read_gbps,
             read_gbps / raw_gbps,
             human(s.peak_resident_bytes),
@@ -400,9 +425,19 @@ fn print_runs(runs: &[Run], budget: u64, passes: u32, raw: (u64, Duration)) {
     }
 }
 
+const FIGURES: &str = "'vs bound' is bytes read over M + (P-1)(M-B). 'vs ideal' is wall time over
+max(compute, this run's bytes at raw pread speed). 'vs raw' is read throughput over a raw
+8 MiB pread loop of the same file, measured in the same run, cold or warm as the runs.
+'peak RSS+' is the process's peak resident memory growth during the run.";
+
 fn bench(a: BenchArgs) -> Result<(), Error> {
     let index = open_index(&a.model)?;
-    let budget = parse_size(&a.budget, index.total_bytes(), "--budget")?;
+    let model = index.total_bytes();
+    let budgets = a
+        .budget
+        .split(',')
+        .map(|b| parse_size(b, model, "--budget"))
+        .collect::<Result<Vec<_>, _>>()?;
     if a.passes == 0 {
         return Err(Error::InvalidArgument("--passes must be at least 1".into()));
     }
@@ -413,46 +448,96 @@ fn bench(a: BenchArgs) -> Result<(), Error> {
             )));
         }
     }
-    let options = PagerOptions {
-        budget_bytes: budget,
-        policy: match a.policy {
-            PolicyArg::Auto => PolicyKind::Auto,
-            PolicyArg::Lru => PolicyKind::Lru,
-            PolicyArg::Schedule => PolicyKind::Schedule,
-        },
-        io_mode: match a.io {
-            IoArg::Pread => IoMode::Pread,
-            IoArg::Direct => IoMode::Direct,
-            IoArg::Mmap => IoMode::Mmap,
-        },
-        prefetch_threads: a.prefetch,
-        ..Default::default()
-    };
     let raw = raw_reference(&a.model, a.warm)?;
+    print_header(model, a.passes, raw, a.compute_gbps);
     let config = PassConfig {
         passes: a.passes,
         compute_gbps: a.compute_gbps,
         declare_schedule: a.declare,
         prefetch_next: false,
     };
-    let run = measure(&a.model, "layerpager", options, config, a.warm)?;
-    let times: Vec<String> = run
-        .report
-        .pass_times
-        .iter()
-        .map(|t| format!("{:.3}", t.as_secs_f64()))
-        .collect();
-    let s = &run.report.stats;
-    print_runs(std::slice::from_ref(&run), budget, a.passes, raw);
+    let io_mode = match a.io {
+        IoArg::Pread => IoMode::Pread,
+        IoArg::Direct => IoMode::Direct,
+        IoArg::Mmap => IoMode::Mmap,
+    };
+    for budget in budgets {
+        let seed = PagerOptions {
+            budget_bytes: budget,
+            policy: PolicyKind::Lru,
+            io_mode,
+            prefetch_threads: 0,
+            ..Default::default()
+        };
+        let ours = PagerOptions {
+            policy: match a.policy {
+                PolicyArg::Auto => PolicyKind::Auto,
+                PolicyArg::Lru => PolicyKind::Lru,
+                PolicyArg::Schedule => PolicyKind::Schedule,
+            },
+            prefetch_threads: a.prefetch,
+            ..seed.clone()
+        };
+        let declared = if a.declare {
+            "schedule declared"
+        } else {
+            "no schedule declared"
+        };
+        let mut runs = vec![measure(
+            &a.model,
+            "seed design: LRU, read on demand",
+            seed,
+            PassConfig {
+                declare_schedule: false,
+                ..config
+            },
+            a.warm,
+        )?];
+        if a.prefetch > 0 {
+            runs.push(measure(
+                &a.model,
+                &format!("layerpager, {declared}, no readers"),
+                PagerOptions {
+                    prefetch_threads: 0,
+                    ..ours.clone()
+                },
+                config,
+                a.warm,
+            )?);
+        }
+        runs.push(measure(
+            &a.model,
+            &format!("layerpager, {declared}, {} readers", a.prefetch),
+            ours,
+            config,
+            a.warm,
+        )?);
+        print_runs(&runs, budget, a.passes, raw);
+    }
     println!();
+    println!("{FIGURES}");
     println!(
-        "per pass (s): {} | simulated compute {:.3} s/pass | read {:.3} s, waited {:.3} s in all | prefetch hits {}",
-        times.join(" "),
-        run.report.compute.as_secs_f64() / a.passes as f64,
-        s.read_ns as f64 / 1e9,
-        s.wait_ns as f64 / 1e9,
-        s.prefetch_hits
+        "Cache: {}.",
+        if a.warm {
+            "warm"
+        } else {
+            "dropped (posix_fadvise DONTNEED) before each pass"
+        }
     );
+    Ok(())
+}
+
+fn synth(out: &Path, layers: u32) -> Result<(), Error> {
+    let shape = LlamaShape {
+        layers,
+        ..LlamaShape::DEMO
+    };
+    let tensors = shape.tensors();
+    let total: u64 = tensors.iter().map(|t| t.size()).sum();
+    let pb = bar(total, "writing the model");
+    let size = write_gguf(out, &tensors, 32, |done| pb.set_position(done))?;
+    pb.finish_and_clear();
+    println!("{}: {} tensors, {}", out.display(), tensors.len(), human(size));
     Ok(())
 }
 
@@ -513,6 +598,10 @@ fn demo_in(dir: &Path) -> Result<(), Error> {
         passes,
         ..Default::default()
     };
+    let with_readers = PagerOptions {
+        prefetch_threads: 2,
+        ..base.clone()
+    };
     let runs = vec![
         measure(
             &path,
@@ -527,10 +616,7 @@ fn demo_in(dir: &Path) -> Result<(), Error> {
         measure(
             &path,
             "layerpager, schedule declared",
-            PagerOptions {
-                prefetch_threads: 1,
-                ..base.clone()
-            },
+            with_readers.clone(),
             PassConfig {
                 declare_schedule: true,
                 ..io_only
@@ -540,19 +626,17 @@ fn demo_in(dir: &Path) -> Result<(), Error> {
         measure(
             &path,
             "layerpager, no schedule declared",
-            PagerOptions {
-                prefetch_threads: 1,
-                ..base.clone()
-            },
+            with_readers,
             io_only,
             false,
         )?,
     ];
     println!();
+    print_header(total, passes, raw, None);
     print_runs(&runs, budget, passes, raw);
     println!();
-    println!("Cold cache (posix_fadvise DONTNEED) before each run. 'vs bound' is bytes read over");
-    println!("M + (P-1)(M-B); 'vs raw' is read throughput over a raw 8 MiB pread loop of the same file.");
+    println!("{FIGURES}");
+    println!("Cache dropped (posix_fadvise DONTNEED) before each pass.");
     println!("Try it on your model: layerpager bench MODEL.gguf --budget 50% --passes 3");
     Ok(())
 }

@@ -71,7 +71,8 @@ pub struct pager_options_t {
     pub policy: u32,
     /// `PAGER_IO_PREAD` (default), `PAGER_IO_DIRECT`, `PAGER_IO_MMAP`.
     pub io_mode: u32,
-    /// Background reader threads; 0 = no background reads (default).
+    /// Background reader threads that read ahead along the schedule and
+    /// serve `pager_prefetch`; 0 = no background reads. Default 2.
     pub prefetch_threads: u32,
     /// Alignment of every tensor's data pointer, a power of two; default 64.
     pub alignment: u32,
@@ -243,8 +244,9 @@ pub extern "C" fn pager_version() -> *const c_char {
 }
 
 /// Fills `*opts` with the defaults: unlimited budget, `PAGER_POLICY_AUTO`,
-/// `PAGER_IO_PREAD`, no prefetch threads, alignment 64, no waiting, built-in
-/// allocator, and `struct_size = sizeof(pager_options_t)`. NULL is ignored.
+/// `PAGER_IO_PREAD`, 2 background readers, alignment 64, no waiting,
+/// built-in allocator, and `struct_size = sizeof(pager_options_t)`. NULL is
+/// ignored.
 ///
 /// # Safety
 /// `opts` is NULL or points to writable memory for a `pager_options_t`.

@@ -44,7 +44,7 @@ pub struct PagerOptions {
     pub policy: PolicyKind,
     /// How file sources are read.
     pub io_mode: IoMode,
-    /// Background reader threads; 0 means no background reads.
+    /// Background reader threads; 0 means no background reads. Default 2.
     pub prefetch_threads: u32,
     /// Alignment of every tensor's data pointer (a power of two).
     pub alignment: usize,
@@ -60,7 +60,7 @@ impl Default for PagerOptions {
             budget_bytes: 0,
             policy: PolicyKind::Auto,
             io_mode: IoMode::Pread,
-            prefetch_threads: 0,
+            prefetch_threads: 2,
             alignment: 64,
             wait_ms: 0,
             allocator: None,
@@ -355,6 +355,14 @@ impl Pager {
             next_overflow: AtomicU64::new(0),
             readers: (options.prefetch_threads > 0).then(|| Arc::new(prefetch::Shared::default())),
         });
+        if inner
+            .index
+            .tensors()
+            .iter()
+            .any(|t| index::block_of(&t.name).is_some())
+        {
+            inner.policy.guess_schedule(&inner.index.forward_order());
+        }
         let prefetcher = match &inner.readers {
             Some(shared) => Some(Prefetcher::start(
                 Arc::clone(&inner),

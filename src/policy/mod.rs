@@ -61,6 +61,9 @@ pub trait EvictionPolicy: Send + Sync {
     /// Declares the order in which a pass touches tensors; it repeats every
     /// pass. An empty order forgets the declared one.
     fn set_schedule(&self, _ids: &[u32]) {}
+    /// A likely order (from the model's layout) to use until the real one is
+    /// declared or learned.
+    fn guess_schedule(&self, _ids: &[u32]) {}
     /// Tensors (slices) were added: ids up to `n - 1` now exist. Called
     /// before they are published, with appends serialised.
     fn grow(&self, n: usize);

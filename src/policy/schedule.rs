@@ -1,11 +1,13 @@
 //! Schedule-aware eviction: Belady's rule on the repeating pass.
 //!
-//! The order of a pass comes from `set_schedule`, or is learned from the
-//! acquire stream: the first tensor of the stream marks the start of the
+//! The order of a pass comes from `set_schedule`, or is guessed from the
+//! model's `blk.N` names when it opens (so that the first pass already reads
+//! ahead), or is learned from the acquire stream: the first tensor of the stream marks the start of the
 //! cycle, and a cycle is adopted once the stream has repeated its first
 //! [`CONFIRM`] steps. A learned schedule that stops matching the stream (a
 //! quarter of a pass of misses on tensors outside it) is dropped and learning
-//! starts again. While no schedule is known, [`FrequencyAdmission`] decides.
+//! starts again; a learned cycle replaces a guessed one. While no schedule is
+//! known, [`FrequencyAdmission`] decides.
 //!
 //! The hit path reads the schedule through one atomic pointer; schedules are
 //! never freed before the policy, so a reader never sees freed memory. Each
@@ -163,6 +165,15 @@ impl ScheduleAware {
         }
     }
 
+    /// Installs a schedule guessed from the model's layout; learning goes
+    /// on and replaces it with the order the engine really uses.
+    pub fn guess(&self, ids: &[u32]) {
+        if ids.is_empty() || !self.learn || self.schedule().is_some() {
+            return;
+        }
+        self.install(Some(Schedule::new(ids.to_vec(), false)), ids.len() as u64 - 1);
+    }
+
     fn forget_learned(&self) {
         self.install(None, 0);
         if self.learn {
@@ -174,11 +185,11 @@ impl ScheduleAware {
 
 impl EvictionPolicy for ScheduleAware {
     fn on_access(&self, id: u32) {
+        if self.learning.load(Ordering::Relaxed) {
+            self.observe(id);
+        }
         let Some(s) = self.schedule() else {
             self.fallback.on_access(id);
-            if self.learning.load(Ordering::Relaxed) {
-                self.observe(id);
-            }
             return;
         };
         let len = s.len();
@@ -205,8 +216,8 @@ impl EvictionPolicy for ScheduleAware {
     fn on_hit(&self, id: u32) {
         // With a schedule, hits move nothing: the position is caught up at
         // the next miss, which is when eviction needs it. This keeps shared
-        // writes off the hot path.
-        if self.current.load(Ordering::Relaxed).is_null() {
+        // writes off the hot path once the order is learned.
+        if self.current.load(Ordering::Relaxed).is_null() || self.learning.load(Ordering::Relaxed) {
             self.on_access(id);
         }
     }
@@ -224,6 +235,10 @@ impl EvictionPolicy for ScheduleAware {
             Some(inc) if d <= distance(inc) => None,
             _ => Some(victim),
         }
+    }
+
+    fn guess_schedule(&self, ids: &[u32]) {
+        self.guess(ids);
     }
 
     fn set_schedule(&self, ids: &[u32]) {
@@ -257,6 +272,12 @@ impl EvictionPolicy for ScheduleAware {
     fn describe(&self) -> String {
         match self.schedule() {
             Some(s) if s.declared => format!("schedule-aware (declared schedule of {})", s.len()),
+            Some(s) if self.learning.load(Ordering::Relaxed) => {
+                format!(
+                    "schedule-aware (guessed schedule of {}, learning the pass)",
+                    s.len()
+                )
+            }
             Some(s) => format!("schedule-aware (learned schedule of {})", s.len()),
             None if self.learning.load(Ordering::Relaxed) => {
                 "frequency admission (learning the pass)".to_owned()
@@ -344,6 +365,27 @@ mod tests {
             p.on_access(10 + (x >> 16) % 30);
         }
         assert!(!p.describe().contains("learned"), "{}", p.describe());
+    }
+
+    #[test]
+    fn guessed_schedule_reads_ahead_and_the_learned_one_replaces_it() {
+        let p = ScheduleAware::new(6, true);
+        p.guess(&[0, 1, 2, 3, 4, 5]);
+        let mut up = Vec::new();
+        p.upcoming(2, &mut up);
+        assert_eq!(up, [0, 1]);
+        // The engine's real order differs inside the "block".
+        let pass = [0u32, 2, 1, 3, 5, 4];
+        for _ in 0..2 {
+            for &id in &pass {
+                p.on_access(id);
+            }
+        }
+        assert!(p.describe().contains("learned schedule of 6"), "{}", p.describe());
+        // Adopted at the last access (tensor 4): the engine's order follows.
+        let mut up = Vec::new();
+        p.upcoming(3, &mut up);
+        assert_eq!(up, [0, 2, 1]);
     }
 
     #[test]
