@@ -144,15 +144,37 @@ impl EvictState {
         self.resident_bytes + self.pooled_bytes
     }
 
-    /// Takes a pooled buffer of at least `len` bytes that wastes at most a
-    /// quarter of it.
-    fn take_buffer(&mut self, len: u64) -> Option<TensorBuffer> {
-        let i = self
-            .pool
-            .iter()
-            .position(|b| (b.len() as u64) >= len && (b.len() as u64) <= len + len / 4)?;
-        let b = self.pool.swap_remove(i);
+    /// Takes a pooled buffer for a tensor of `len` bytes and returns it with
+    /// its new size, if the held bytes stay within `budget` (0: unlimited).
+    /// A buffer of the same size (within a quarter) is taken as it is;
+    /// otherwise a mapped buffer is shrunk or grown to `len`, which keeps
+    /// its faulted-in pages: the smallest one that is large enough, else the
+    /// largest.
+    fn take_buffer(&mut self, len: u64, budget: u64) -> Option<TensorBuffer> {
+        let fits = |b: &TensorBuffer| (b.len() as u64) >= len && (b.len() as u64) <= len + len / 4;
+        if let Some(i) = self.pool.iter().position(fits) {
+            let b = self.pool.swap_remove(i);
+            self.pooled_bytes -= b.len() as u64;
+            return Some(b);
+        }
+        let resizable = || self.pool.iter().enumerate().filter(|(_, b)| b.is_resizable());
+        let i = resizable()
+            .filter(|(_, b)| b.len() as u64 >= len)
+            .min_by_key(|(_, b)| b.len())
+            .or_else(|| resizable().max_by_key(|(_, b)| b.len()))
+            .map(|(i, _)| i)?;
+        let growth = len.saturating_sub(self.pool[i].len() as u64);
+        if budget != 0 && self.held() + growth > budget {
+            return None;
+        }
+        let mut b = self.pool.swap_remove(i);
         self.pooled_bytes -= b.len() as u64;
+        if !b.resize(len as usize) {
+            // The OS refused: the buffer goes back, the caller allocates.
+            self.pooled_bytes += b.len() as u64;
+            self.pool.push(b);
+            return None;
+        }
         Some(b)
     }
 
@@ -999,7 +1021,7 @@ impl Inner {
                 )));
             }
             if wants_buffer {
-                if let Some(buffer) = g.take_buffer(charge) {
+                if let Some(buffer) = g.take_buffer(charge, budget) {
                     // Moves from the pool to the tensor: the total is unchanged.
                     break Ok((buffer.len() as u64, Some(buffer)));
                 }

@@ -135,6 +135,56 @@ impl TensorBuffer {
         })
     }
 
+    /// Whether [`TensorBuffer::resize`] can change this buffer's size in place
+    /// (an anonymous mapping of ours).
+    pub fn is_resizable(&self) -> bool {
+        matches!(self.origin, Origin::Mapped)
+    }
+
+    /// Changes the size of an anonymous-mapping buffer, keeping its pages
+    /// that stay (already faulted in: no zeroing, no faults); a shrink
+    /// returns the tail to the OS, a growth may move the mapping. Returns
+    /// false (and changes nothing) for other buffers or when the OS refuses.
+    pub fn resize(&mut self, new_len: usize) -> bool {
+        if !self.is_resizable() || new_len < MAP_THRESHOLD {
+            return false;
+        }
+        let old_map = self.len.next_multiple_of(PAGE);
+        let new_map = new_len.next_multiple_of(PAGE);
+        if new_map < old_map {
+            // SAFETY: unmapping the whole pages past the new end of our own mapping.
+            let rc =
+                unsafe { libc::munmap(self.ptr.as_ptr().add(new_map) as *mut c_void, old_map - new_map) };
+            if rc != 0 {
+                return false;
+            }
+        } else if new_map > old_map {
+            // SAFETY: remapping our own mapping; on success the old address is
+            // no longer valid and we keep only the new one.
+            let p = unsafe {
+                libc::mremap(
+                    self.ptr.as_ptr() as *mut c_void,
+                    old_map,
+                    new_map,
+                    libc::MREMAP_MAYMOVE,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                return false;
+            }
+            match NonNull::new(p as *mut u8) {
+                Some(ptr) => self.ptr = ptr,
+                None => return false,
+            }
+            if new_map >= HUGE_PAGE {
+                // SAFETY: advising a range of our own mapping.
+                unsafe { libc::madvise(p, new_map, libc::MADV_HUGEPAGE) };
+            }
+        }
+        self.len = new_len;
+        true
+    }
+
     /// Capacity in bytes.
     pub fn len(&self) -> usize {
         self.len
@@ -163,8 +213,8 @@ impl Drop for TensorBuffer {
             // SAFETY: ptr/layout are exactly what std::alloc::alloc returned.
             Origin::Heap(layout) => unsafe { std::alloc::dealloc(self.ptr.as_ptr(), *layout) },
             Origin::Mapped => {
-                // SAFETY: ptr/len are exactly the mapping made in allocate.
-                unsafe { libc::munmap(self.ptr.as_ptr() as *mut c_void, self.len) };
+                // SAFETY: ptr and the page-rounded len are exactly our mapping.
+                unsafe { libc::munmap(self.ptr.as_ptr() as *mut c_void, self.len.next_multiple_of(PAGE)) };
             }
             // SAFETY: returning the block to the allocator that made it, with its size.
             Origin::User(a) => unsafe { (a.free)(a.user_data, self.ptr.as_ptr() as *mut c_void, self.len) },
@@ -175,6 +225,21 @@ impl Drop for TensorBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mapped_buffers_shrink_and_grow_keeping_their_bytes() {
+        let mut b = TensorBuffer::allocate(3 << 20, 64, None).unwrap();
+        b.as_mut_slice()[..4096].fill(9);
+        assert!(b.resize(1 << 20));
+        assert_eq!(b.len(), 1 << 20);
+        assert!(b.as_mut_slice()[..4096].iter().all(|&x| x == 9));
+        assert!(b.resize(5 << 20));
+        assert_eq!(b.len(), 5 << 20);
+        assert!(b.as_mut_slice()[..4096].iter().all(|&x| x == 9));
+        b.as_mut_slice()[(5 << 20) - 1] = 1;
+        let mut small = TensorBuffer::allocate(100, 64, None).unwrap();
+        assert!(!small.resize(1 << 20));
+    }
 
     #[test]
     fn buffers_are_aligned_and_writable() {
