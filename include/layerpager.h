@@ -173,7 +173,9 @@ typedef struct pager_options_t {
    */
   uint32_t alignment;
   /**
-   * How long an acquire waits for in-use budget to be released; 0 = fail at once.
+   * How long an acquire waits for in-use budget to be released (0 = fail
+   * at once), and, when not 0, the longest it waits for another thread's
+   * read of the same tensor (a stalled source) before PAGER_ERR_TIMEOUT.
    */
   uint32_t wait_ms;
   /**
@@ -304,7 +306,10 @@ typedef struct pager_stats_t {
    */
   uint64_t bytes_read;
   /**
-   * Bytes charged to the budget now (being read, idle, pinned, in use).
+   * Bytes held against the budget now: buffers of tensors being read,
+   * idle, pinned or in use (O_DIRECT rounds them to pages; reuse may leave
+   * one up to a quarter larger than its tensor), and freed buffers kept
+   * for reuse. Never more than the budget.
    */
   uint64_t resident_bytes;
   /**
@@ -316,11 +321,11 @@ typedef struct pager_stats_t {
    */
   uint64_t peak_resident_bytes;
   /**
-   * Bytes of pinned resident tensors.
+   * Sizes of the pinned tensors.
    */
   uint64_t pinned_bytes;
   /**
-   * Bytes of tensors with acquisitions outstanding.
+   * Sizes of the tensors with acquisitions outstanding.
    */
   uint64_t in_use_bytes;
   /**

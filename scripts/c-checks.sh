@@ -27,6 +27,7 @@ run_all() { # prefix...
   "$@" "$work/engine_reads_model" "$work/fixtures/small.safetensors" safetensors
   "$@" "$work/api_misuse" "$work/fixtures/llama_q4k.gguf" "$work/scratch"
   "$@" "$work/source_and_threads" "$work/fixtures/llama_q4k.gguf"
+  "$@" "$work/close_race" "$work/fixtures/llama_q4k.gguf"
   "$@" "$work/double_include"
 }
 
@@ -34,6 +35,7 @@ build_all() { # flags
   build engine_reads_model "$1" engine_reads_model.c
   build api_misuse "$1" api_misuse.c
   build source_and_threads "$1" source_and_threads.c
+  build close_race "$1" close_race.c
   build double_include "$1" double_include_a.c double_include_b.c
 }
 

@@ -125,6 +125,14 @@ fn c_source_allocator_and_threads() {
 }
 
 #[test]
+fn c_calls_during_close_and_open_close_cycles() {
+    for cpp in [false, true] {
+        let exe = build("close_race", &["close_race.c"], cpp);
+        run(&exe, &[fixture_dir().join("llama_q4k.gguf").as_os_str()]);
+    }
+}
+
+#[test]
 fn header_included_twice_and_from_two_translation_units() {
     for cpp in [false, true] {
         let exe = build(

@@ -504,3 +504,27 @@ fn read_ahead_follows_the_schedule_within_the_budget() {
     // The window adds at most a share of what does not fit per pass.
     assert!(s.bytes_read <= 80_000 * 110 / 100, "{s:?}");
 }
+
+#[test]
+fn waiters_of_a_stalled_read_time_out_and_the_read_still_lands() {
+    let p = probe(4000, 400);
+    let options = PagerOptions {
+        wait_ms: 50,
+        ..budget(0)
+    };
+    let pager = probe_pager(&p, 4, 1000, options);
+    std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let a = pager.acquire(1).unwrap();
+            assert_pattern(a.bytes(), 1000);
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let e = pager.acquire(1).unwrap_err();
+        assert_eq!(e.status(), Status::PAGER_ERR_TIMEOUT);
+        assert!(e.to_string().contains("still being read"), "{e}");
+        reader.join().unwrap();
+    });
+    assert_eq!(p.reads.load(Ordering::SeqCst), 1);
+    drop(pager.acquire(1).unwrap());
+    pager.check_invariants().unwrap();
+}

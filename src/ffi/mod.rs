@@ -76,7 +76,9 @@ pub struct pager_options_t {
     pub prefetch_threads: u32,
     /// Alignment of every tensor's data pointer, a power of two; default 64.
     pub alignment: u32,
-    /// How long an acquire waits for in-use budget to be released; 0 = fail at once.
+    /// How long an acquire waits for in-use budget to be released (0 = fail
+    /// at once), and, when not 0, the longest it waits for another thread's
+    /// read of the same tensor (a stalled source) before PAGER_ERR_TIMEOUT.
     pub wait_ms: u32,
     /// Allocator for tensor buffers; NULL = built-in aligned allocator. The
     /// struct is copied at open.
@@ -161,15 +163,18 @@ pub struct pager_stats_t {
     pub evictions: u64,
     /// Bytes read from the source for tensors.
     pub bytes_read: u64,
-    /// Bytes charged to the budget now (being read, idle, pinned, in use).
+    /// Bytes held against the budget now: buffers of tensors being read,
+    /// idle, pinned or in use (O_DIRECT rounds them to pages; reuse may leave
+    /// one up to a quarter larger than its tensor), and freed buffers kept
+    /// for reuse. Never more than the budget.
     pub resident_bytes: u64,
     /// Tensors resident now.
     pub resident_count: u64,
     /// Highest `resident_bytes` seen.
     pub peak_resident_bytes: u64,
-    /// Bytes of pinned resident tensors.
+    /// Sizes of the pinned tensors.
     pub pinned_bytes: u64,
-    /// Bytes of tensors with acquisitions outstanding.
+    /// Sizes of the tensors with acquisitions outstanding.
     pub in_use_bytes: u64,
     /// The budget; 0 = unlimited.
     pub budget_bytes: u64,

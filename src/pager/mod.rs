@@ -48,7 +48,9 @@ pub struct PagerOptions {
     pub prefetch_threads: u32,
     /// Alignment of every tensor's data pointer (a power of two).
     pub alignment: usize,
-    /// How long a miss waits for in-use budget to be released; 0 fails at once.
+    /// How long a miss waits for in-use budget to be released (0 fails at
+    /// once), and, when not 0, the longest it waits for another thread's read
+    /// of the same tensor before [`Error::Timeout`].
     pub wait_ms: u32,
     /// Allocator for tensor buffers; `None` uses the built-in one.
     pub allocator: Option<Arc<Allocator>>,
@@ -100,15 +102,17 @@ pub struct Stats {
     pub evictions: u64,
     /// Bytes read from the source for tensors.
     pub bytes_read: u64,
-    /// Bytes charged to the budget now (loading, idle, pinned, in use).
+    /// Bytes held against the budget now: tensors being read, idle, pinned
+    /// or in use (their buffers, which O_DIRECT rounds to pages and reuse
+    /// may leave up to a quarter larger), and freed buffers kept for reuse.
     pub resident_bytes: u64,
     /// Tensors resident now.
     pub resident_count: u64,
     /// Highest `resident_bytes` seen.
     pub peak_resident_bytes: u64,
-    /// Bytes of pinned resident tensors.
+    /// Sizes of the pinned tensors.
     pub pinned_bytes: u64,
-    /// Bytes of tensors with acquisitions outstanding.
+    /// Sizes of the tensors with acquisitions outstanding.
     pub in_use_bytes: u64,
     /// The budget (0 = unlimited).
     pub budget_bytes: u64,
@@ -692,8 +696,8 @@ impl Inner {
 
     /// Acquires `id`; returns its data pointer and size.
     fn acquire(&self, id: u32) -> Result<(*const u8, u64)> {
-        let slot = self.slot(id)?;
         self.check_open()?;
+        let slot = self.slot(id)?;
         if let Some(prev) = slot.try_acquire_resident(true) {
             if prev & PREFETCHED == 0 {
                 self.policy.on_hit(id);
@@ -871,10 +875,34 @@ impl Inner {
                     if !waiting {
                         slot.waiters.fetch_add(1, Ordering::SeqCst);
                     }
-                    while matches!(state_of(slot.load_word()), LOADING | EVICTING) {
-                        sync = slot.changed.wait(sync).unwrap_or_else(|e| e.into_inner());
-                    }
                     waiting = true;
+                    // A read that stalls (a hung network source, a dying
+                    // disk) holds its waiters at most wait_ms, when set.
+                    let deadline =
+                        (self.wait_ms > 0).then(|| started + Duration::from_millis(self.wait_ms as u64));
+                    let mut timed_out = false;
+                    while matches!(state_of(slot.load_word()), LOADING | EVICTING) {
+                        sync = match deadline {
+                            None => slot.changed.wait(sync).unwrap_or_else(|e| e.into_inner()),
+                            Some(d) => {
+                                let now = Instant::now();
+                                if now >= d {
+                                    timed_out = true;
+                                    break;
+                                }
+                                slot.changed
+                                    .wait_timeout(sync, d - now)
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .0
+                            }
+                        };
+                    }
+                    if timed_out {
+                        break Err(Error::Timeout {
+                            waited_ms: self.wait_ms as u64,
+                            detail: format!("{} is still being read", self.label(id)),
+                        });
+                    }
                     if let Some((g, err)) = &sync.failure {
                         if *g == generation + 1 && state_of(slot.load_word()) == ABSENT {
                             break Err(err.clone());
@@ -1173,13 +1201,14 @@ impl Inner {
     }
 
     fn pin(&self, id: u32) -> Result<()> {
+        self.check_open()?;
         self.slot(id)?;
         self.load(id, Intent::Pin)
     }
 
     fn unpin(&self, id: u32) -> Result<()> {
-        let slot = self.slot(id)?;
         self.check_open()?;
+        let slot = self.slot(id)?;
         let mut w = slot.load_word();
         loop {
             if w & PINNED == 0 {
@@ -1236,12 +1265,12 @@ impl Inner {
             s.hits += slot.hits();
             if state_of(w) == RESIDENT {
                 s.resident_count += 1;
-                let c = slot.charge.load(Ordering::Relaxed);
+                let size = slot.info().size;
                 if w & PINNED != 0 {
-                    s.pinned_bytes += c;
+                    s.pinned_bytes += size;
                 }
                 if in_use_of(w) > 0 {
-                    s.in_use_bytes += c;
+                    s.in_use_bytes += size;
                 }
             }
         }

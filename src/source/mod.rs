@@ -9,11 +9,13 @@
 mod buffer;
 mod callback;
 mod file;
+mod memory;
 mod mmap;
 
 pub use buffer::{Allocator, TensorBuffer};
 pub use callback::{CallbackSource, DestroyFn, ReadAtFn};
 pub use file::{drop_page_cache, raw_pread_sweep, FileSource};
+pub use memory::MemorySource;
 pub use mmap::MmapSource;
 
 use crate::error::{Error, Result};
