@@ -28,10 +28,12 @@
 pub mod error;
 pub mod ffi;
 pub mod index;
+pub mod moe;
 pub mod pager;
 pub mod policy;
 mod prefetch;
 mod segvec;
+pub mod sim;
 pub mod source;
 pub mod synth;
 pub mod workload;

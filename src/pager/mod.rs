@@ -506,7 +506,7 @@ impl Pager {
             dims: vec![size],
             dtype: p.dtype.clone(),
         };
-        self.inner.add_slots(vec![info])
+        self.inner.add_slots(parent, vec![info])
     }
 
     /// Splits a merged expert tensor (experts stacked on the outer
@@ -538,7 +538,7 @@ impl Pager {
                 dtype: p.dtype.clone(),
             })
             .collect();
-        self.inner.add_slots(infos)
+        self.inner.add_slots(parent, infos)
     }
 
     /// Reads `ids` ahead now, in order (the router's choice for the coming
@@ -638,7 +638,7 @@ fn open_file_source(path: &Path, mode: IoMode) -> Result<Box<dyn ByteSource>> {
 }
 
 impl Inner {
-    fn add_slots(&self, infos: Vec<TensorInfo>) -> Result<u32> {
+    fn add_slots(&self, parent: u32, infos: Vec<TensorInfo>) -> Result<u32> {
         let _g = self.grow.lock().unwrap_or_else(|e| e.into_inner());
         let first = self.slots.len();
         let n = first + infos.len();
@@ -646,6 +646,9 @@ impl Inner {
             return Err(Error::InvalidArgument("too many slices".to_owned()));
         }
         self.policy.grow(n);
+        for id in first..n {
+            self.policy.set_parent(id as u32, parent);
+        }
         let mut infos = infos.into_iter();
         self.slots
             .grow_to(n, |_, slot| {

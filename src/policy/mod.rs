@@ -67,6 +67,10 @@ pub trait EvictionPolicy: Send + Sync {
     /// Tensors (slices) were added: ids up to `n - 1` now exist. Called
     /// before they are published, with appends serialised.
     fn grow(&self, n: usize);
+    /// Tensor `id` is a slice (an expert) of `parent`: it stands at its
+    /// parent's place in the schedule. Called after `grow`, before the slice
+    /// is published.
+    fn set_parent(&self, _id: u32, _parent: u32) {}
     /// Appends to `out` up to `max` ids the schedule expects next, nearest
     /// first; nothing when no schedule is known.
     fn upcoming(&self, _max: usize, _out: &mut Vec<u32>) {}

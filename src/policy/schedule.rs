@@ -14,16 +14,19 @@
 //! `set_schedule` (and each learned cycle) therefore keeps its table until the
 //! pager is dropped: declare the schedule once per model, not per token.
 
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use super::{EvictionPolicy, FrequencyAdmission};
+use crate::segvec::SegVec;
 
 /// Steps of the second pass that must match the first before a learned
 /// cycle is adopted.
 const CONFIRM: usize = 8;
 /// Longest acquire stream kept while looking for a cycle.
 const MAX_TRACE: usize = 1 << 20;
+/// Weight, in trials, of the all-experts rate in each expert's reuse estimate.
+const PRIOR: f64 = 8.0;
 
 struct Schedule {
     ids: Vec<u32>,
@@ -88,6 +91,116 @@ pub struct ScheduleAware {
     cursor: AtomicU64,
     learning: AtomicBool,
     learner: Mutex<Learner>,
+    experts: Experts,
+}
+
+/// Slices (MoE experts) and what is known of their reuse.
+///
+/// An expert slice stands at its merged parent's place in the schedule, as
+/// "one of these experts". Its expected next-use distance is the slots to
+/// that place plus (1/p - 1) passes, where p estimates "used next token
+/// given used this token" (Laplace-smoothed counts); dense tensors have p = 1.
+struct Experts {
+    /// Parent id + 1, or 0 for a tensor that is not a slice.
+    parent: SegVec<AtomicU32>,
+    /// Whether the tensor has slices (then read-ahead skips it: its experts
+    /// are read, not the merged whole).
+    has_slices: SegVec<AtomicBool>,
+    /// Pass of the latest use + 1 (0: never used).
+    last_pass: SegVec<AtomicU64>,
+    /// Passes after a use that have been seen, and how many reused it.
+    trials: SegVec<AtomicU64>,
+    repeats: SegVec<AtomicU64>,
+    /// Passes in which the slice was used.
+    uses: SegVec<AtomicU64>,
+    /// The same counts over all experts, for the prior.
+    all_trials: AtomicU64,
+    all_repeats: AtomicU64,
+}
+
+impl Experts {
+    fn new() -> Self {
+        Experts {
+            parent: SegVec::new(|| AtomicU32::new(0)),
+            has_slices: SegVec::new(|| AtomicBool::new(false)),
+            last_pass: SegVec::new(|| AtomicU64::new(0)),
+            trials: SegVec::new(|| AtomicU64::new(0)),
+            repeats: SegVec::new(|| AtomicU64::new(0)),
+            uses: SegVec::new(|| AtomicU64::new(0)),
+            all_trials: AtomicU64::new(0),
+            all_repeats: AtomicU64::new(0),
+        }
+    }
+
+    fn grow(&self, n: usize) {
+        let _ = self.parent.grow_to(n, |_, _| {});
+        let _ = self.has_slices.grow_to(n, |_, _| {});
+        let _ = self.last_pass.grow_to(n, |_, _| {});
+        let _ = self.trials.grow_to(n, |_, _| {});
+        let _ = self.repeats.grow_to(n, |_, _| {});
+        let _ = self.uses.grow_to(n, |_, _| {});
+    }
+
+    fn parent(&self, id: u32) -> Option<u32> {
+        match self.parent.get(id as usize)?.load(Ordering::Relaxed) {
+            0 => None,
+            p => Some(p - 1),
+        }
+    }
+
+    /// Where `id` stands in the schedule: its parent's place for a slice.
+    fn key(&self, id: u32) -> u32 {
+        self.parent(id).unwrap_or(id)
+    }
+
+    fn has_slices(&self, id: u32) -> bool {
+        self.has_slices
+            .get(id as usize)
+            .is_some_and(|b| b.load(Ordering::Relaxed))
+    }
+
+    /// Records a use of slice `id` in pass `pass`.
+    fn used(&self, id: u32, pass: u64) {
+        let (Some(last), Some(trials), Some(repeats)) = (
+            self.last_pass.get(id as usize),
+            self.trials.get(id as usize),
+            self.repeats.get(id as usize),
+        ) else {
+            return;
+        };
+        let before = last.swap(pass + 1, Ordering::Relaxed);
+        if before != pass + 1 {
+            if let Some(u) = self.uses.get(id as usize) {
+                u.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if before != 0 && before != pass + 1 {
+            trials.fetch_add(1, Ordering::Relaxed);
+            self.all_trials.fetch_add(1, Ordering::Relaxed);
+            if before == pass {
+                repeats.fetch_add(1, Ordering::Relaxed);
+                self.all_repeats.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The estimate of "used next pass given used this pass" for slice `id`
+    /// as of pass `pass`: its own counts, with a prior of two trials at the
+    /// rate all experts show (so a rarely seen expert starts from the
+    /// typical rate, not from one half).
+    fn reuse_probability(&self, id: u32, pass: u64) -> f64 {
+        let load = |v: &SegVec<AtomicU64>| v.get(id as usize).map_or(0, |x| x.load(Ordering::Relaxed));
+        let last = load(&self.last_pass);
+        let mut trials = load(&self.trials);
+        // A use whose next pass went by without it is a failed trial not yet counted.
+        if last != 0 && last < pass {
+            trials += 1;
+        }
+        let all_repeats = self.all_repeats.load(Ordering::Relaxed) as f64;
+        let all_trials = self.all_trials.load(Ordering::Relaxed) as f64;
+        let typical = (all_repeats + 1.0) / (all_trials + 2.0);
+        (load(&self.repeats) as f64 + PRIOR * typical) / (trials as f64 + PRIOR)
+    }
 }
 
 impl ScheduleAware {
@@ -102,7 +215,45 @@ impl ScheduleAware {
             cursor: AtomicU64::new(0),
             learning: AtomicBool::new(learn),
             learner: Mutex::new(Learner::default()),
+            experts: {
+                let e = Experts::new();
+                e.grow(n);
+                e
+            },
         }
+    }
+
+    /// Expected slots until `id`'s next use, from index `from` of `s`.
+    ///
+    /// For a dense tensor, the slots to its next place. For an expert slice,
+    /// the slots to its parent's next place plus (1/r - 1) passes, where r is
+    /// the chance it is used there: its usage rate q, or, if it was used in
+    /// the latest pass it could have been, p ("used next pass given used this
+    /// pass") shrunk halfway to q (a noisy p otherwise keeps unpopular
+    /// experts that happened to repeat, which costs at small budgets).
+    fn expected_distance(&self, s: &Schedule, id: u32, from: u64) -> u64 {
+        let key = self.experts.key(id);
+        let Some(d) = s.distance(key, from) else {
+            return u64::MAX;
+        };
+        if key == id {
+            return d;
+        }
+        let len = s.len();
+        let cursor = self.cursor.load(Ordering::Relaxed);
+        // The pass of the parent's next place.
+        let next_pass = (cursor + 1 + d) / len;
+        let e = &self.experts;
+        let load = |v: &SegVec<AtomicU64>| v.get(id as usize).map_or(0, |x| x.load(Ordering::Relaxed));
+        let last = load(&e.last_pass);
+        let q = (load(&e.uses) as f64 + 1.0) / ((cursor / len) as f64 + 2.0);
+        let q = q.clamp(1e-3, 1.0);
+        let r = if last != 0 && last == next_pass {
+            (e.reuse_probability(id, next_pass) + q) / 2.0
+        } else {
+            q
+        };
+        d.saturating_add((len as f64 * (1.0 / r - 1.0)) as u64)
     }
 
     fn schedule(&self) -> Option<&Schedule> {
@@ -193,12 +344,16 @@ impl EvictionPolicy for ScheduleAware {
             return;
         };
         let len = s.len();
+        let key = self.experts.key(id);
         let cur = self.cursor.load(Ordering::Relaxed);
         let index = cur % len;
-        if s.ids[index as usize] == id {
+        if s.ids[index as usize] == key {
+            if key != id {
+                self.experts.used(id, cur / len);
+            }
             return;
         }
-        let Some(d) = s.distance(id, (index + 1) % len) else {
+        let Some(d) = s.distance(key, (index + 1) % len) else {
             // Not in the schedule: for a learned one, the stream has left the
             // cycle if this happens for a quarter of a pass.
             if !s.declared && (s.mismatches.fetch_add(1, Ordering::Relaxed) + 1) * 4 > len {
@@ -208,6 +363,9 @@ impl EvictionPolicy for ScheduleAware {
         };
         let new = cur + 1 + d;
         self.cursor.store(new, Ordering::Relaxed);
+        if key != id {
+            self.experts.used(id, new / len);
+        }
         if !s.declared && new / len != cur / len {
             s.mismatches.store(0, Ordering::Relaxed);
         }
@@ -217,7 +375,11 @@ impl EvictionPolicy for ScheduleAware {
         // With a schedule, hits move nothing: the position is caught up at
         // the next miss, which is when eviction needs it. This keeps shared
         // writes off the hot path once the order is learned.
-        if self.current.load(Ordering::Relaxed).is_null() || self.learning.load(Ordering::Relaxed) {
+        // Expert slices always report: their reuse statistics need every use.
+        if self.current.load(Ordering::Relaxed).is_null()
+            || self.learning.load(Ordering::Relaxed)
+            || self.experts.parent(id).is_some()
+        {
             self.on_access(id);
         }
     }
@@ -229,7 +391,7 @@ impl EvictionPolicy for ScheduleAware {
         // Distances from the slot after the current one: the tensor just
         // acquired is needed again only a full pass later.
         let from = (self.cursor.load(Ordering::Relaxed) + 1) % s.len();
-        let distance = |id: u32| s.distance(id, from).unwrap_or(u64::MAX);
+        let distance = |id: u32| self.expected_distance(s, id, from);
         let (victim, d) = candidates.map(|id| (id, distance(id))).max_by_key(|&(_, d)| d)?;
         match incoming {
             Some(inc) if d <= distance(inc) => None,
@@ -254,6 +416,16 @@ impl EvictionPolicy for ScheduleAware {
 
     fn grow(&self, n: usize) {
         self.fallback.grow(n);
+        self.experts.grow(n);
+    }
+
+    fn set_parent(&self, id: u32, parent: u32) {
+        if let Some(p) = self.experts.parent.get(id as usize) {
+            p.store(parent + 1, Ordering::Relaxed);
+        }
+        if let Some(h) = self.experts.has_slices.get(parent as usize) {
+            h.store(true, Ordering::Relaxed);
+        }
     }
 
     fn upcoming(&self, max: usize, out: &mut Vec<u32>) {
@@ -261,7 +433,12 @@ impl EvictionPolicy for ScheduleAware {
         let index = self.cursor.load(Ordering::Relaxed) % s.len();
         let n = max.min(s.ids.len());
         for step in 1..=n as u64 {
-            out.push(s.ids[((index + step) % s.len()) as usize]);
+            let id = s.ids[((index + step) % s.len()) as usize];
+            // A merged tensor whose experts are paged on their own is not
+            // read ahead: the router's hints name the experts to read.
+            if !self.experts.has_slices(id) {
+                out.push(id);
+            }
         }
     }
 
