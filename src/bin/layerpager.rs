@@ -10,6 +10,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use layerpager::index::{block_of, ggml_type_name, IndexFormat};
+use layerpager::moe::{compare, MoeShape, Routing};
+use layerpager::policy::{EvictionPolicy, Lru, ScheduleAware};
+use layerpager::sim::simulate;
 use layerpager::source::{drop_page_cache, raw_pread_sweep};
 use layerpager::synth::{write_gguf, LlamaShape};
 use layerpager::workload::{lower_bound_bytes, rss, run_passes, PassConfig, PassReport};
@@ -34,6 +37,34 @@ enum Command {
         /// Directory for the temporary model (default: the system temp dir).
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+    /// Simulate forward passes over a model's real tensor sizes for each
+    /// budget and policy, without reading data: how much RAM buys how much
+    /// disk traffic. Prints a table and writes an SVG plot.
+    Plan {
+        /// The model file (GGUF or safetensors); not needed with --moe.
+        model: Option<PathBuf>,
+        /// Budgets: a range with a step (10%..100%, step 10%) or a list (25%,50%,4G).
+        #[arg(long, default_value = "10%..100%")]
+        budgets: String,
+        /// Forward passes (tokens) to simulate.
+        #[arg(long, default_value_t = 3)]
+        passes: u32,
+        /// Where to write the plot.
+        #[arg(long, default_value = "plan.svg")]
+        svg: PathBuf,
+        /// Simulate a Mixtral-shaped MoE model instead, with seeded routing.
+        #[arg(long)]
+        moe: bool,
+        /// MoE routing: Zipf exponent of expert popularity.
+        #[arg(long, default_value_t = 0.8)]
+        zipf: f64,
+        /// MoE routing: chance a token reuses the previous token's expert.
+        #[arg(long, default_value_t = 0.25)]
+        repeat: f64,
+        /// MoE routing: tokens to simulate.
+        #[arg(long, default_value_t = 400)]
+        tokens: usize,
     },
     /// Write a llama-shaped GGUF with random weights (for trying budgets).
     Synth {
@@ -103,6 +134,34 @@ fn main() -> ExitCode {
         Command::Demo { dir } => demo(dir),
         Command::Inspect { model, json } => inspect(&model, json),
         Command::Synth { out, layers } => synth(&out, layers),
+        Command::Plan {
+            model,
+            budgets,
+            passes,
+            svg,
+            moe,
+            zipf,
+            repeat,
+            tokens,
+        } => {
+            if moe {
+                plan_moe(
+                    &budgets,
+                    &svg,
+                    Routing {
+                        zipf,
+                        repeat,
+                        ..Routing::default()
+                    },
+                    tokens,
+                )
+            } else {
+                match model {
+                    Some(m) => plan(&m, &budgets, passes, &svg),
+                    None => Err(Error::InvalidArgument("plan needs a MODEL (or --moe)".into())),
+                }
+            }
+        }
         Command::Bench {
             model,
             budget,
@@ -525,6 +584,239 @@ fn bench(a: BenchArgs) -> Result<(), Error> {
         }
     );
     Ok(())
+}
+
+/// Budgets from "10%..100%" (step 10%), "5%..50%/5%" or a list "25%,4G".
+fn parse_budgets(text: &str, model: u64) -> Result<Vec<u64>, Error> {
+    let bad = || {
+        Error::InvalidArgument(format!(
+            "--budgets '{text}': expected 10%..100%, 10%..90%/20% or 25%,50%,4G"
+        ))
+    };
+    if let Some((from, rest)) = text.split_once("..") {
+        let (to, step) = rest.split_once('/').unwrap_or((rest, "10%"));
+        let (from, to, step) = (
+            parse_size(from, model, "--budgets")?,
+            parse_size(to, model, "--budgets")?,
+            parse_size(step, model, "--budgets")?,
+        );
+        if step == 0 || from > to || (to - from) / step > 1000 {
+            return Err(bad());
+        }
+        let count = (to - from) / step;
+        // The last budget is exactly `to` (whole-percent steps round down).
+        let mut out: Vec<u64> = (0..=count).map(|i| from + i * step).collect();
+        if to - out[out.len() - 1] < step / 2 {
+            *out.last_mut().expect("at least one") = to;
+        } else {
+            out.push(to);
+        }
+        return Ok(out);
+    }
+    text.split(',')
+        .map(|b| parse_size(b, model, "--budgets"))
+        .collect()
+}
+
+fn plan(path: &Path, budgets: &str, passes: u32, svg: &Path) -> Result<(), Error> {
+    let index = open_index(path)?;
+    let model = index.total_bytes();
+    let budgets = parse_budgets(budgets, model)?;
+    if passes == 0 {
+        return Err(Error::InvalidArgument("--passes must be at least 1".into()));
+    }
+    let sizes: Vec<u64> = index.tensors().iter().map(|t| t.size).collect();
+    let order = index.forward_order();
+    let trace: Vec<u32> = (0..passes).flat_map(|_| order.iter().copied()).collect();
+    let n = sizes.len();
+    let has_blocks = index.tensors().iter().any(|t| block_of(&t.name).is_some());
+    println!(
+        "{}: {} in {} tensors, {passes} passes simulated (no data read)",
+        path.display(),
+        human(model),
+        n
+    );
+    println!(
+        "{:>12} {:>6} | {:>12} {:>12} {:>12} {:>12}",
+        "budget", "%", "lower bound", "LRU", "declared", "not declared"
+    );
+    println!(
+        "{:>21} (bytes read per token, averaged over the passes, the first one cold)",
+        ""
+    );
+    let mut rows = Vec::new();
+    for &budget in &budgets {
+        let per_token = |bytes: u64| bytes / passes as u64;
+        let lru = simulate(&sizes, &trace, budget, &Lru::new(n)).bytes_read;
+        let declared = {
+            let p = ScheduleAware::new(n, false);
+            p.set_schedule(&order);
+            simulate(&sizes, &trace, budget, &p).bytes_read
+        };
+        let learned = {
+            let p = ScheduleAware::new(n, true);
+            if has_blocks {
+                p.guess(&order);
+            }
+            simulate(&sizes, &trace, budget, &p).bytes_read
+        };
+        let bound = lower_bound_bytes(model, budget, passes);
+        println!(
+            "{:>12} {:>5.0}% | {:>12} {:>12} {:>12} {:>12}",
+            human(budget),
+            budget as f64 * 100.0 / model as f64,
+            human(per_token(bound)),
+            human(per_token(lru)),
+            human(per_token(declared)),
+            human(per_token(learned))
+        );
+        rows.push((budget, [bound, lru, declared, learned].map(per_token)));
+    }
+    let series = [
+        "lower bound M + (P-1)(M-B)",
+        "LRU",
+        "layerpager, schedule declared",
+        "layerpager, not declared",
+    ];
+    let points: Vec<Vec<(f64, f64)>> = (0..4)
+        .map(|k| {
+            rows.iter()
+                .map(|(b, v)| {
+                    (
+                        *b as f64 * 100.0 / model as f64,
+                        v[k] as f64 / (1u64 << 20) as f64,
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    plot(
+        svg,
+        &format!(
+            "{}: bytes read per token vs budget ({passes} passes)",
+            file_name(path)
+        ),
+        "budget (% of the model)",
+        "MiB read per token",
+        &series,
+        &points,
+    )?;
+    println!("plot written to {}", svg.display());
+    Ok(())
+}
+
+fn plan_moe(budgets: &str, svg: &Path, routing: Routing, tokens: usize) -> Result<(), Error> {
+    if !(0.0..=4.0).contains(&routing.zipf) || !(0.0..=1.0).contains(&routing.repeat) || tokens < 10 {
+        return Err(Error::InvalidArgument(
+            "--zipf must be in 0..4, --repeat in 0..1, --tokens at least 10".into(),
+        ));
+    }
+    let shares: Vec<f64> = parse_budgets(budgets, 10_000)?
+        .iter()
+        .map(|&b| b as f64 / 10_000.0)
+        .collect();
+    let shape = MoeShape::mixtral();
+    println!(
+        "Mixtral-shaped MoE ({} blocks, {} experts, top-{}), Zipf {} routing, repeat {}, {tokens} tokens (first tenth warms up)",
+        shape.layers, shape.experts, shape.top_k, routing.zipf, routing.repeat
+    );
+    println!(
+        "{:>6} | {:>8} {:>8} {:>10} {:>11} {:>8}   (byte hit ratio)",
+        "budget", "LRU", "S3-FIFO", "frequency", "layerpager", "Belady"
+    );
+    let rows = compare(&shape, routing, tokens, &shares);
+    for r in &rows {
+        println!(
+            "{:>5.0}% | {:>7.1}% {:>7.1}% {:>9.1}% {:>10.1}% {:>7.1}%",
+            r.budget_share * 100.0,
+            r.lru * 100.0,
+            r.s3fifo * 100.0,
+            r.frequency * 100.0,
+            r.layerpager * 100.0,
+            r.belady * 100.0
+        );
+    }
+    let series = [
+        "Belady (routing known)",
+        "LRU",
+        "S3-FIFO",
+        "frequency admission",
+        "layerpager",
+    ];
+    let points: Vec<Vec<(f64, f64)>> = (0..5)
+        .map(|k| {
+            rows.iter()
+                .map(|r| {
+                    let v = [r.belady, r.lru, r.s3fifo, r.frequency, r.layerpager][k];
+                    (r.budget_share * 100.0, v * 100.0)
+                })
+                .collect()
+        })
+        .collect();
+    plot(
+        svg,
+        "MoE expert paging: byte hit ratio vs budget",
+        "budget (% of the model)",
+        "byte hit ratio (%)",
+        &series,
+        &points,
+    )?;
+    println!("plot written to {}", svg.display());
+    Ok(())
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+/// A line chart as SVG: the first series is drawn dashed grey (a bound).
+fn plot(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[&str],
+    points: &[Vec<(f64, f64)>],
+) -> Result<(), Error> {
+    use plotters::prelude::*;
+    let draw = || -> Result<(), Box<dyn std::error::Error>> {
+        let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let x_max = points.iter().flatten().map(|p| p.0).fold(1.0, f64::max);
+        let y_max = points.iter().flatten().map(|p| p.1).fold(1.0, f64::max) * 1.05;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
+        chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw()?;
+        let colors = [RGBColor(120, 120, 120), RED, BLUE, GREEN, MAGENTA, CYAN];
+        for (i, (name, pts)) in series.iter().zip(points).enumerate() {
+            let color = colors[i % colors.len()];
+            let style = ShapeStyle::from(&color).stroke_width(if i == 0 { 1 } else { 2 });
+            chart
+                .draw_series(LineSeries::new(pts.iter().copied(), style))?
+                .label(*name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| Error::Io {
+        context: format!("write of plot '{}'", path.display()),
+        errno: 0,
+        message: e.to_string(),
+    })
 }
 
 fn synth(out: &Path, layers: u32) -> Result<(), Error> {

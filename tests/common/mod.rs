@@ -62,6 +62,8 @@ pub const MODELS: &[(&str, bool)] = &[
     ("llama_q4k.gguf", false),
     ("llama_q4k_v2.gguf", false),
     ("llama_q8_align4096.gguf", false),
+    ("moe_q4k.gguf", false),
+    ("moe_q8_align64.gguf", false),
     ("small.safetensors", true),
 ];
 
