@@ -82,36 +82,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run forward passes over a real model under a budget.
-    Bench {
-        /// The model file (GGUF or safetensors).
-        model: PathBuf,
-        /// RAM budget: bytes, 512M, 4G, or a share of the model like 50%;
-        /// several, comma-separated, run one after another.
-        #[arg(long, default_value = "50%")]
-        budget: String,
-        /// Forward passes (tokens).
-        #[arg(long, default_value_t = 3)]
-        passes: u32,
-        /// Eviction policy.
-        #[arg(long, value_enum, default_value_t = PolicyArg::Auto)]
-        policy: PolicyArg,
-        /// How the file is read.
-        #[arg(long, value_enum, default_value_t = IoArg::Pread)]
-        io: IoArg,
-        /// Background reader threads.
-        #[arg(long, default_value_t = 2)]
-        prefetch: u32,
-        /// Simulated compute speed in GB/s of weights (none: I/O only).
-        #[arg(long)]
-        compute_gbps: Option<f64>,
-        /// Do not declare the pass order (let the pager learn it).
-        #[arg(long)]
-        no_schedule: bool,
-        /// Keep the page cache warm (default: drop it before each run).
-        #[arg(long)]
-        warm: bool,
-    },
+    /// Run forward passes over a real model under a budget, beside the seed
+    /// design and a raw pread of the same file.
+    Bench(BenchArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -162,27 +135,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Bench {
-            model,
-            budget,
-            passes,
-            policy,
-            io,
-            prefetch,
-            compute_gbps,
-            no_schedule,
-            warm,
-        } => bench(BenchArgs {
-            model,
-            budget,
-            passes,
-            policy,
-            io,
-            prefetch,
-            compute_gbps,
-            declare: !no_schedule,
-            warm,
-        }),
+        Command::Bench(args) => bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -372,15 +325,34 @@ fn inspect(path: &Path, json: bool) -> Result<(), Error> {
     Ok(())
 }
 
+#[derive(clap::Args)]
 struct BenchArgs {
+    /// The model file (GGUF or safetensors).
     model: PathBuf,
+    /// RAM budget: bytes, 512M, 4G, or a share of the model like 50%;
+    /// several, comma-separated, run one after another.
+    #[arg(long, default_value = "50%")]
     budget: String,
+    /// Forward passes (tokens).
+    #[arg(long, default_value_t = 3)]
     passes: u32,
+    /// Eviction policy.
+    #[arg(long, value_enum, default_value_t = PolicyArg::Auto)]
     policy: PolicyArg,
+    /// How the file is read.
+    #[arg(long, value_enum, default_value_t = IoArg::Pread)]
     io: IoArg,
+    /// Background reader threads.
+    #[arg(long, default_value_t = 2)]
     prefetch: u32,
+    /// Simulated compute speed in GB/s of weights (none: I/O only).
+    #[arg(long)]
     compute_gbps: Option<f64>,
-    declare: bool,
+    /// Do not declare the pass order (let the pager learn it).
+    #[arg(long)]
+    no_schedule: bool,
+    /// Keep the page cache warm (default: drop it before each pass).
+    #[arg(long)]
     warm: bool,
 }
 
@@ -512,7 +484,7 @@ fn bench(a: BenchArgs) -> Result<(), Error> {
     let config = PassConfig {
         passes: a.passes,
         compute_gbps: a.compute_gbps,
-        declare_schedule: a.declare,
+        declare_schedule: !a.no_schedule,
         prefetch_next: false,
     };
     let io_mode = match a.io {
@@ -537,10 +509,10 @@ fn bench(a: BenchArgs) -> Result<(), Error> {
             prefetch_threads: a.prefetch,
             ..seed.clone()
         };
-        let declared = if a.declare {
-            "schedule declared"
-        } else {
+        let declared = if a.no_schedule {
             "no schedule declared"
+        } else {
+            "schedule declared"
         };
         let mut runs = vec![measure(
             &a.model,

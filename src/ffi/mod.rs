@@ -627,18 +627,23 @@ pub unsafe extern "C" fn pager_acquire(p: *mut pager_t, id: u32, out: *mut pager
     }
     on_open(p, |_, pager| {
         let out = non_null_mut(out, "out")?;
-        let a = pager.acquire_ticket(id)?;
-        // SAFETY: as above.
-        unsafe {
-            out.write(pager_tensor_t {
-                data: a.data as *const c_void,
-                size: a.size,
-                id: a.id,
-                ticket: a.ticket,
-            })
-        };
+        write_acquisition(out, pager.acquire_ticket(id)?);
         Ok(())
     })
+}
+
+/// Writes an acquisition for C.
+fn write_acquisition(out: *mut pager_tensor_t, a: crate::pager::TicketedAcquisition) {
+    // SAFETY: callers pass a non-NULL out-pointer that the C caller
+    // promised is writable.
+    unsafe {
+        out.write(pager_tensor_t {
+            data: a.data as *const c_void,
+            size: a.size,
+            id: a.id,
+            ticket: a.ticket,
+        })
+    };
 }
 
 /// Acquires a tensor by name: `pager_find` then `pager_acquire`. Statuses
@@ -661,16 +666,7 @@ pub unsafe extern "C" fn pager_acquire_by_name(
         let name = unsafe { c_str(name, "name")? };
         let out = non_null_mut(out, "out")?;
         let id = pager.find(name)?;
-        let a = pager.acquire_ticket(id)?;
-        // SAFETY: as above.
-        unsafe {
-            out.write(pager_tensor_t {
-                data: a.data as *const c_void,
-                size: a.size,
-                id: a.id,
-                ticket: a.ticket,
-            })
-        };
+        write_acquisition(out, pager.acquire_ticket(id)?);
         Ok(())
     })
 }
