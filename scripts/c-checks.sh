@@ -11,6 +11,8 @@ libs=$(cat cmake/native-static-libs.txt)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 python3 tests/fixtures/make_fixtures.py "$work/fixtures" >/dev/null
+python3 tests/fixtures/damage.py "$work/damaged" "$work/fixtures/all_types_align8.gguf" \
+  "$work/fixtures/llama_q4k.gguf" "$work/fixtures/small.safetensors" "$work/fixtures/moe_q4k.gguf"
 mkdir -p "$work/scratch"
 
 build() { # name flags sources...
@@ -28,6 +30,7 @@ run_all() { # prefix...
   "$@" "$work/api_misuse" "$work/fixtures/llama_q4k.gguf" "$work/scratch"
   "$@" "$work/source_and_threads" "$work/fixtures/llama_q4k.gguf"
   "$@" "$work/close_race" "$work/fixtures/llama_q4k.gguf"
+  "$@" "$work/abuse_files" "$work/damaged"
   "$@" "$work/double_include"
 }
 
@@ -36,6 +39,7 @@ build_all() { # flags
   build api_misuse "$1" api_misuse.c
   build source_and_threads "$1" source_and_threads.c
   build close_race "$1" close_race.c
+  build abuse_files "$1" abuse_files.c
   build double_include "$1" double_include_a.c double_include_b.c
 }
 

@@ -133,6 +133,25 @@ fn c_calls_during_close_and_open_close_cycles() {
 }
 
 #[test]
+fn c_abuse_with_hundreds_of_damaged_models() {
+    let damaged = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new("python3");
+    cmd.arg(root().join("tests/fixtures/damage.py"))
+        .arg(damaged.path());
+    for model in [
+        "all_types_align8.gguf",
+        "llama_q4k.gguf",
+        "small.safetensors",
+        "moe_q4k.gguf",
+    ] {
+        cmd.arg(fixture_dir().join(model));
+    }
+    assert!(cmd.status().unwrap().success());
+    let exe = build("abuse_files", &["abuse_files.c"], false);
+    run(&exe, &[damaged.path().as_os_str()]);
+}
+
+#[test]
 fn header_included_twice_and_from_two_translation_units() {
     for cpp in [false, true] {
         let exe = build(
