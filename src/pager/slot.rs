@@ -71,23 +71,29 @@ pub(crate) struct SlotSync {
 }
 
 /// One tensor's paging state.
+///
+/// Laid out so that what a hit writes (the state word, the lease cells) and
+/// reads (the data pointer) share the slot's first cache line, and no line
+/// is shared with a neighbour slot: threads hitting different tensors write
+/// to different lines.
 #[derive(Debug)]
+#[repr(C, align(64))]
 pub(crate) struct Slot {
     pub(crate) word: AtomicU64,
-    /// What the slot holds: set once before the slot is published.
-    info: OnceLock<TensorInfo>,
     /// Start of the tensor's bytes while RESIDENT; published before the
     /// state becomes RESIDENT.
     pub(crate) data: AtomicPtr<u8>,
+    /// Lease cells: `generation << 1 | occupied`.
+    pub(crate) leases: [AtomicU64; LEASES_PER_SLOT],
+    /// Acquirers waiting for this slot's load: the evictor leaves it alone.
+    pub(crate) waiters: AtomicU32,
+    /// What the slot holds: set once before the slot is published.
+    info: OnceLock<TensorInfo>,
     /// Bytes charged to the budget for this slot (0 when absent). Written
     /// only under the pager's eviction mutex.
     pub(crate) charge: AtomicU64,
     /// Hits folded out of the state word's hit field.
     pub(crate) hits_folded: AtomicU64,
-    /// Acquirers waiting for this slot's load: the evictor leaves it alone.
-    pub(crate) waiters: AtomicU32,
-    /// Lease cells: `generation << 1 | occupied`.
-    pub(crate) leases: [AtomicU64; LEASES_PER_SLOT],
     pub(crate) sync: Mutex<SlotSync>,
     pub(crate) changed: Condvar,
 }
