@@ -473,8 +473,11 @@ pub unsafe extern "C" fn pager_open_source(
             let table = read_table(descs, n)?;
             let options = read_options(opts)?;
             let index = TensorIndex::from_table(&table, src.size)?;
-            let source = CallbackSource::new(src.user_data, src.size, read_at, src.destroy);
-            Pager::with_source(Box::new(source), index, options)
+            let mut source = CallbackSource::new(src.user_data, src.size, read_at, src.destroy);
+            let owned = source.ownership_flag();
+            let pager = Pager::with_source(Box::new(source), index, options)?;
+            owned.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(pager)
         })
     }
 }

@@ -2,6 +2,8 @@
 //! object store, archive member).
 
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use super::ByteSource;
 use crate::error::{Error, Result};
@@ -20,6 +22,9 @@ pub struct CallbackSource {
     size: u64,
     read_at: ReadAtFn,
     destroy: Option<DestroyFn>,
+    /// `destroy` runs on drop only once this is set: a source handed to an
+    /// open that fails stays the caller's.
+    owned: Arc<AtomicBool>,
 }
 
 // SAFETY: the C API requires read_at to be callable from any thread,
@@ -36,7 +41,16 @@ impl CallbackSource {
             size,
             read_at,
             destroy,
+            owned: Arc::new(AtomicBool::new(true)),
         }
+    }
+
+    /// Makes `destroy` wait for the returned flag: it runs on drop only if
+    /// the flag is set by then (set it once whoever holds the source has
+    /// taken ownership of it).
+    pub fn ownership_flag(&mut self) -> Arc<AtomicBool> {
+        self.owned.store(false, Ordering::SeqCst);
+        Arc::clone(&self.owned)
     }
 }
 
@@ -69,9 +83,47 @@ impl ByteSource for CallbackSource {
 
 impl Drop for CallbackSource {
     fn drop(&mut self) {
+        if !self.owned.load(Ordering::SeqCst) {
+            return;
+        }
         if let Some(destroy) = self.destroy {
             // SAFETY: called exactly once, after the last read.
             unsafe { destroy(self.user_data) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    static DESTROYED: AtomicUsize = AtomicUsize::new(0);
+
+    unsafe extern "C" fn read_zeros(_: *mut c_void, _: u64, dst: *mut c_void, len: usize) -> i32 {
+        // SAFETY: dst has room for len bytes per the callback contract.
+        unsafe { std::ptr::write_bytes(dst as *mut u8, 0, len) };
+        0
+    }
+
+    unsafe extern "C" fn count_destroy(_: *mut c_void) {
+        DESTROYED.fetch_add(1, Ordering::SeqCst);
+    }
+
+    #[test]
+    fn destroy_runs_only_once_ownership_is_taken() {
+        let before = DESTROYED.load(Ordering::SeqCst);
+        let mut refused = CallbackSource::new(std::ptr::null_mut(), 8, read_zeros, Some(count_destroy));
+        let _flag = refused.ownership_flag();
+        drop(refused);
+        assert_eq!(DESTROYED.load(Ordering::SeqCst), before);
+        let mut taken = CallbackSource::new(std::ptr::null_mut(), 8, read_zeros, Some(count_destroy));
+        let flag = taken.ownership_flag();
+        flag.store(true, Ordering::SeqCst);
+        let mut buf = [1u8; 8];
+        taken.read_exact_at(0, &mut buf).unwrap();
+        assert_eq!(buf, [0; 8]);
+        drop(taken);
+        assert_eq!(DESTROYED.load(Ordering::SeqCst), before + 1);
     }
 }
