@@ -4,6 +4,7 @@
 //! [`pager_status_t`] with [`Error::status`] and keeps its `Display` text as
 //! the thread's last error message. Nothing else in the crate maps errors.
 
+use std::ffi::CStr;
 use std::fmt;
 
 /// Status code returned by every fallible C entry point.
@@ -72,28 +73,28 @@ impl pager_status_t {
             .and_then(|i| Self::all().get(i).copied())
     }
 
-    /// A short static description, as returned by `pager_status_string`.
-    pub fn description(self) -> &'static str {
+    /// A short static description, NUL-terminated for `pager_status_string`.
+    pub fn description(self) -> &'static CStr {
         match self {
-            Self::PAGER_OK => "ok",
-            Self::PAGER_ERR_INVALID_ARGUMENT => "invalid argument",
-            Self::PAGER_ERR_NOT_FOUND => "tensor not found",
-            Self::PAGER_ERR_IO => "I/O error",
-            Self::PAGER_ERR_OUT_OF_BOUNDS => "tensor out of bounds of its source",
-            Self::PAGER_ERR_FORMAT => "malformed model file",
-            Self::PAGER_ERR_BUDGET => "budget exhausted by pinned or in-use tensors",
-            Self::PAGER_ERR_INVALID_HANDLE => "invalid handle",
-            Self::PAGER_ERR_OUT_OF_MEMORY => "out of memory",
-            Self::PAGER_ERR_TIMEOUT => "timed out waiting for budget",
-            Self::PAGER_ERR_CLOSED => "pager is closed",
-            Self::PAGER_ERR_PANIC => "internal error (panic caught)",
+            Self::PAGER_OK => c"ok",
+            Self::PAGER_ERR_INVALID_ARGUMENT => c"invalid argument",
+            Self::PAGER_ERR_NOT_FOUND => c"tensor not found",
+            Self::PAGER_ERR_IO => c"I/O error",
+            Self::PAGER_ERR_OUT_OF_BOUNDS => c"tensor out of bounds of its source",
+            Self::PAGER_ERR_FORMAT => c"malformed model file",
+            Self::PAGER_ERR_BUDGET => c"budget exhausted by pinned or in-use tensors",
+            Self::PAGER_ERR_INVALID_HANDLE => c"invalid handle",
+            Self::PAGER_ERR_OUT_OF_MEMORY => c"out of memory",
+            Self::PAGER_ERR_TIMEOUT => c"timed out waiting for budget",
+            Self::PAGER_ERR_CLOSED => c"pager is closed",
+            Self::PAGER_ERR_PANIC => c"internal error (panic caught)",
         }
     }
 }
 
 impl fmt::Display for pager_status_t {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.description())
+        f.write_str(self.description().to_str().unwrap_or("?"))
     }
 }
 

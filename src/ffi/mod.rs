@@ -211,27 +211,9 @@ static VERSION_C: &[u8] = concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes();
 /// Thread-safe.
 #[no_mangle]
 pub extern "C" fn pager_status_string(status: i32) -> *const c_char {
-    macro_rules! lit {
-        ($s:expr) => {
-            concat!($s, "\0").as_ptr() as *const c_char
-        };
-    }
-    use pager_status_t as S;
-    match pager_status_t::from_code(status) {
-        Some(S::PAGER_OK) => lit!("ok"),
-        Some(S::PAGER_ERR_INVALID_ARGUMENT) => lit!("invalid argument"),
-        Some(S::PAGER_ERR_NOT_FOUND) => lit!("tensor not found"),
-        Some(S::PAGER_ERR_IO) => lit!("I/O error"),
-        Some(S::PAGER_ERR_OUT_OF_BOUNDS) => lit!("tensor out of bounds of its source"),
-        Some(S::PAGER_ERR_FORMAT) => lit!("malformed model file"),
-        Some(S::PAGER_ERR_BUDGET) => lit!("budget exhausted by pinned or in-use tensors"),
-        Some(S::PAGER_ERR_INVALID_HANDLE) => lit!("invalid handle"),
-        Some(S::PAGER_ERR_OUT_OF_MEMORY) => lit!("out of memory"),
-        Some(S::PAGER_ERR_TIMEOUT) => lit!("timed out waiting for budget"),
-        Some(S::PAGER_ERR_CLOSED) => lit!("pager is closed"),
-        Some(S::PAGER_ERR_PANIC) => lit!("internal error (panic caught)"),
-        None => lit!("unknown status"),
-    }
+    pager_status_t::from_code(status)
+        .map_or(c"unknown status", pager_status_t::description)
+        .as_ptr()
 }
 
 /// The detail of the last failure on this thread (the same words as the
