@@ -337,7 +337,8 @@ typedef struct pager_stats_t {
    */
   uint64_t read_ns;
   /**
-   * Nanoseconds acquirers spent waiting for a read or for budget.
+   * Nanoseconds callers spent waiting for another thread's read of the
+   * same tensor or for budget (their own reads are in `read_ns`).
    */
   uint64_t wait_ns;
 } pager_stats_t;

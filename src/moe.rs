@@ -5,7 +5,7 @@
 //! the resulting access trace, by simulation (see [`crate::sim`]).
 
 use crate::policy::{EvictionPolicy, FrequencyAdmission, Lru, ScheduleAware};
-use crate::sim::{simulate_from, Belady, S3Fifo, SimResult};
+use crate::sim::{simulate_from, Belady, S3Fifo};
 
 /// The shape of an MoE decoder, in bytes per tensor.
 #[derive(Debug, Clone, PartialEq)]
@@ -258,16 +258,6 @@ pub fn compare(
             }
         })
         .collect()
-}
-
-/// The result of one simulated policy, for callers that want the counts.
-pub fn simulate_policy(
-    layout: &MoeLayout,
-    trace: &[u32],
-    budget: u64,
-    policy: &dyn EvictionPolicy,
-) -> SimResult {
-    simulate_from(&layout.sizes, trace, budget, policy, trace.len() / 10)
 }
 
 #[cfg(test)]

@@ -16,8 +16,6 @@ pub struct PassConfig {
     pub compute_gbps: Option<f64>,
     /// Declare the pass order with `set_schedule` first.
     pub declare_schedule: bool,
-    /// Hint the next tensor (prefetch) before computing with the current one.
-    pub prefetch_next: bool,
 }
 
 /// What a run of passes measured.
@@ -87,13 +85,8 @@ pub fn run_passes(
     for _ in 0..config.passes {
         before_pass()?;
         let started = Instant::now();
-        for (i, &id) in order.iter().enumerate() {
+        for &id in order {
             let a = pager.acquire(id)?;
-            if config.prefetch_next {
-                if let Some(&next) = order.get(i + 1).or(order.first()) {
-                    pager.prefetch(next)?;
-                }
-            }
             if let Some(gbps) = config.compute_gbps {
                 let d = Duration::from_secs_f64(a.bytes().len() as f64 / (gbps * 1e9));
                 spin(d);

@@ -485,7 +485,6 @@ fn bench(a: BenchArgs) -> Result<(), Error> {
         passes: a.passes,
         compute_gbps: a.compute_gbps,
         declare_schedule: !a.no_schedule,
-        prefetch_next: false,
     };
     let io_mode = match a.io {
         IoArg::Pread => IoMode::Pread,

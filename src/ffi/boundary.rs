@@ -34,9 +34,9 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// Runs `f` inside the panic boundary. A caught panic is
-/// `PAGER_ERR_PANIC`, after `on_panic` (which marks the pager poisoned).
-pub(crate) fn run(on_panic: impl FnOnce(), f: impl FnOnce() -> Result<()>) -> pager_status_t {
+/// Runs `f` inside the panic boundary: an error becomes its status and the
+/// thread's last error message; a caught panic is `PAGER_ERR_PANIC`.
+pub(crate) fn run(f: impl FnOnce() -> Result<()>) -> pager_status_t {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => pager_status_t::PAGER_OK,
         Ok(Err(e)) => {
@@ -44,7 +44,6 @@ pub(crate) fn run(on_panic: impl FnOnce(), f: impl FnOnce() -> Result<()>) -> pa
             e.status()
         }
         Err(payload) => {
-            on_panic();
             let e = Error::Panic(format!("panic: {}", panic_message(payload.as_ref())));
             set_last_error(&e.to_string());
             e.status()

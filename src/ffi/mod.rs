@@ -180,7 +180,8 @@ pub struct pager_stats_t {
     pub budget_bytes: u64,
     /// Nanoseconds spent reading tensors.
     pub read_ns: u64,
-    /// Nanoseconds acquirers spent waiting for a read or for budget.
+    /// Nanoseconds callers spent waiting for another thread's read of the
+    /// same tensor or for budget (their own reads are in `read_ns`).
     pub wait_ns: u64,
 }
 
@@ -239,15 +240,12 @@ pub extern "C" fn pager_version() -> *const c_char {
 /// `opts` is NULL or points to writable memory for a `pager_options_t`.
 #[no_mangle]
 pub unsafe extern "C" fn pager_options_default(opts: *mut pager_options_t) {
-    let _ = run(
-        || {},
-        || {
-            let opts = non_null_mut(opts, "opts")?;
-            // SAFETY: non-NULL; the caller provides a whole pager_options_t.
-            unsafe { opts.write(default_c_options()) };
-            Ok(())
-        },
-    );
+    let _ = run(|| {
+        let opts = non_null_mut(opts, "opts")?;
+        // SAFETY: non-NULL; the caller provides a whole pager_options_t.
+        unsafe { opts.write(default_c_options()) };
+        Ok(())
+    });
 }
 
 fn default_c_options() -> pager_options_t {
@@ -322,18 +320,15 @@ unsafe fn read_options(opts: *const pager_options_t) -> Result<PagerOptions> {
 /// # Safety
 /// `out` is NULL or writable.
 unsafe fn open_with(out: *mut *mut pager_t, open: impl FnOnce() -> Result<Pager>) -> pager_status_t {
-    run(
-        || {},
-        || {
-            let out = non_null_mut(out, "out")?;
-            // SAFETY: non-NULL and writable per the contract.
-            unsafe { out.write(std::ptr::null_mut()) };
-            let pager = open()?;
-            // SAFETY: as above.
-            unsafe { out.write(pager_t::create(pager)) };
-            Ok(())
-        },
-    )
+    run(|| {
+        let out = non_null_mut(out, "out")?;
+        // SAFETY: non-NULL and writable per the contract.
+        unsafe { out.write(std::ptr::null_mut()) };
+        let pager = open()?;
+        // SAFETY: as above.
+        unsafe { out.write(pager_t::create(pager)) };
+        Ok(())
+    })
 }
 
 /// Opens a GGUF file (v2 or v3). On success `*out` is a new pager, which the
@@ -477,26 +472,25 @@ pub unsafe extern "C" fn pager_open_source(
 /// `p` is NULL or a pointer returned by a `pager_open_*` function.
 #[no_mangle]
 pub unsafe extern "C" fn pager_close(p: *mut pager_t) {
-    let _ = run(|| {}, || pager_t::close(p));
+    let _ = run(|| pager_t::close(p));
 }
 
-/// Runs `f` on an open pager inside the boundary.
-fn on_open(p: *const pager_t, f: impl FnOnce(&Entered<'_>, &Pager) -> Result<()>) -> pager_status_t {
+/// Runs `f` on a registered call to the pager `p` inside the boundary; a
+/// caught panic poisons the pager.
+fn on_handle(p: *const pager_t, f: impl FnOnce(&Entered<'_>) -> Result<()>) -> pager_status_t {
     let mut entered: Option<Entered<'_>> = None;
-    let status = run(
-        || {},
-        || {
-            let e = entered.insert(pager_t::enter(p)?);
-            let owned = e.open()?;
-            f(e, &owned.pager)
-        },
-    );
+    let status = run(|| f(entered.insert(pager_t::enter(p)?)));
     if status == pager_status_t::PAGER_ERR_PANIC {
         if let Some(e) = &entered {
             e.poison();
         }
     }
     status
+}
+
+/// Runs `f` on an open pager inside the boundary.
+fn on_open(p: *const pager_t, f: impl FnOnce(&Entered<'_>, &Pager) -> Result<()>) -> pager_status_t {
+    on_handle(p, |e| f(e, &e.open()?.pager))
 }
 
 /// Number of tensors (ids are 0..count-1, file order, then slices); 0 if
@@ -668,26 +662,15 @@ pub unsafe extern "C" fn pager_acquire_by_name(
 /// `p` as `pager_tensor_count`; `t` NULL or a readable, writable `pager_tensor_t`.
 #[no_mangle]
 pub unsafe extern "C" fn pager_release(p: *mut pager_t, t: *mut pager_tensor_t) -> pager_status_t {
-    let mut entered: Option<Entered<'_>> = None;
-    let status = run(
-        || {},
-        || {
-            let e = entered.insert(pager_t::enter(p)?);
-            let t = non_null_mut(t, "t")?;
-            // SAFETY: non-NULL and readable per the contract.
-            let acq = unsafe { t.read() };
-            e.alive()?.pager.release_ticket(acq.id, acq.ticket)?;
-            // SAFETY: as above.
-            unsafe { t.write(EMPTY_TENSOR) };
-            Ok(())
-        },
-    );
-    if status == pager_status_t::PAGER_ERR_PANIC {
-        if let Some(e) = &entered {
-            e.poison();
-        }
-    }
-    status
+    on_handle(p, |e| {
+        let t = non_null_mut(t, "t")?;
+        // SAFETY: non-NULL and readable per the contract.
+        let acq = unsafe { t.read() };
+        e.alive()?.pager.release_ticket(acq.id, acq.ticket)?;
+        // SAFETY: as above.
+        unsafe { t.write(EMPTY_TENSOR) };
+        Ok(())
+    })
 }
 
 /// Loads tensor `id` now and keeps it resident (never evicted) until

@@ -118,7 +118,8 @@ pub struct Stats {
     pub budget_bytes: u64,
     /// Nanoseconds spent reading tensors.
     pub read_ns: u64,
-    /// Nanoseconds acquirers spent waiting (for a read or for budget).
+    /// Nanoseconds callers spent waiting for another thread's read of the
+    /// same tensor or for budget (their own reads are `read_ns`).
     pub wait_ns: u64,
 }
 
@@ -884,6 +885,7 @@ impl Inner {
                     let deadline =
                         (self.wait_ms > 0).then(|| started + Duration::from_millis(self.wait_ms as u64));
                     let mut timed_out = false;
+                    let wait_started = Instant::now();
                     while matches!(state_of(slot.load_word()), LOADING | EVICTING) {
                         sync = match deadline {
                             None => slot.changed.wait(sync).unwrap_or_else(|e| e.into_inner()),
@@ -900,6 +902,11 @@ impl Inner {
                             }
                         };
                     }
+                    // Only time spent waiting on another thread's read is
+                    // waiting; an acquirer's own read is read_ns, and budget
+                    // waits are counted where they happen.
+                    self.wait_ns
+                        .fetch_add(wait_started.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     if timed_out {
                         break Err(Error::Timeout {
                             waited_ms: self.wait_ms as u64,
@@ -916,10 +923,6 @@ impl Inner {
         };
         if waiting {
             slot.waiters.fetch_sub(1, Ordering::SeqCst);
-        }
-        if intent == Intent::Acquire {
-            self.wait_ns
-                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         }
         result
     }

@@ -120,15 +120,11 @@ pub(crate) fn read_tensor(
         source.read_exact_at(offset, &mut buf[..size as usize])?;
         return Ok(0);
     };
-    let block = block as u64;
-    let head = offset % block;
-    let start = offset - head;
-    let end = (offset + size).div_ceil(block) * block;
-    let len = (end - start) as usize;
+    let (start, len) = direct_range(offset, size, block);
+    let head = (offset - start) as usize;
     // The aligned range may reach past the end of the file: O_DIRECT then
     // returns the bytes up to the end, which is all the tensor needs.
     let got = source.read_direct_at(start, &mut buf[..len])?;
-    let head = head as usize;
     if got < head + size as usize {
         return Err(Error::Io {
             context: format!(
@@ -151,10 +147,14 @@ pub(crate) fn read_tensor(
 pub(crate) fn buffer_len_for(source: &dyn ByteSource, offset: u64, size: u64) -> usize {
     match source.direct_alignment() {
         None => size as usize,
-        Some(block) => {
-            let block = block as u64;
-            let start = offset - offset % block;
-            ((offset + size).div_ceil(block) * block - start) as usize
-        }
+        Some(block) => direct_range(offset, size, block).1,
     }
+}
+
+/// The block-aligned range (start, length) that covers `offset..offset+size`.
+fn direct_range(offset: u64, size: u64, block: usize) -> (u64, usize) {
+    let block = block as u64;
+    let start = offset - offset % block;
+    let end = (offset + size).div_ceil(block) * block;
+    (start, (end - start) as usize)
 }
