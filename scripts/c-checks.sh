@@ -4,14 +4,17 @@
 # definite leaks). Usage: scripts/c-checks.sh [asan|valgrind|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The Python with the gguf package: as the tests choose it (tests/common).
+py=${LAYERPAGER_PYTHON:-.venv/bin/python3}
+[ -x "$py" ] || py=python3
 what=${1:-all}
 cargo build --release --lib --quiet
 lib=target/release/liblayerpager.a
 libs=$(cat cmake/native-static-libs.txt)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-python3 tests/fixtures/make_fixtures.py "$work/fixtures" >/dev/null
-python3 tests/fixtures/damage.py "$work/damaged" "$work/fixtures/all_types_align8.gguf" \
+"$py" tests/fixtures/make_fixtures.py "$work/fixtures" >/dev/null
+"$py" tests/fixtures/damage.py "$work/damaged" "$work/fixtures/all_types_align8.gguf" \
   "$work/fixtures/llama_q4k.gguf" "$work/fixtures/small.safetensors" "$work/fixtures/moe_q4k.gguf"
 mkdir -p "$work/scratch"
 
@@ -30,6 +33,7 @@ run_all() { # prefix...
   "$@" "$work/api_misuse" "$work/fixtures/llama_q4k.gguf" "$work/scratch"
   "$@" "$work/source_and_threads" "$work/fixtures/llama_q4k.gguf"
   "$@" "$work/close_race" "$work/fixtures/llama_q4k.gguf"
+  "$@" "$work/readahead_stress" "$work/fixtures/llama_q4k.gguf" "${stress_size:-}"
   "$@" "$work/abuse_files" "$work/damaged"
   "$@" "$work/double_include"
 }
@@ -39,6 +43,7 @@ build_all() { # flags
   build api_misuse "$1" api_misuse.c
   build source_and_threads "$1" source_and_threads.c
   build close_race "$1" close_race.c
+  build readahead_stress "$1" readahead_stress.c
   build abuse_files "$1" abuse_files.c
   build double_include "$1" double_include_a.c double_include_b.c
 }
@@ -51,7 +56,7 @@ fi
 if [ "$what" = valgrind ] || [ "$what" = all ]; then
   echo "== C tests under valgrind"
   build_all ""
-  run_all valgrind --quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
+  stress_size=quick run_all valgrind --quiet --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
     --show-leak-kinds=definite
 fi
 echo "c-checks ($what): all passed"

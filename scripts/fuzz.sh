@@ -6,11 +6,14 @@
 # to fuzz/regressions/ so that cargo test keeps checking it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The Python with the gguf package: as the tests choose it (tests/common).
+py=${LAYERPAGER_PYTHON:-.venv/bin/python3}
+[ -x "$py" ] || py=python3
 seconds=${1:-60}
 command -v cargo-fuzz >/dev/null || cargo install --quiet --locked cargo-fuzz
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-python3 tests/fixtures/make_fixtures.py "$work/fixtures" >/dev/null
+"$py" tests/fixtures/make_fixtures.py "$work/fixtures" >/dev/null
 for t in gguf_index safetensors_index c_open; do mkdir -p "$work/corpus/$t"; done
 cp "$work"/fixtures/all_types*.gguf "$work"/fixtures/llama_q4k_v2.gguf fuzz/regressions/*.gguf "$work/corpus/gguf_index/"
 cp "$work"/fixtures/small.safetensors fuzz/regressions/*.safetensors "$work/corpus/safetensors_index/"

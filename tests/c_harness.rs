@@ -6,6 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use common::{fixture_dir, MODELS};
 
@@ -13,10 +14,49 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// target/<profile>/, where cargo put liblayerpager.a for this test run.
+/// target/<profile>/, the directory of this test run's artifacts.
 fn artifact_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     exe.parent().unwrap().parent().unwrap().to_owned()
+}
+
+/// The static library under test, built fresh: `cargo test` builds only the
+/// rlib, so a `liblayerpager.a` lying in the target directory may be
+/// missing (a fresh clone) or stale (an edit since the last `cargo build`).
+/// Built once per test binary, with the profile and target directory of
+/// this run.
+fn static_lib() -> &'static Path {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| {
+        let dir = artifact_dir();
+        let profile = match dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => "dev".to_owned(),
+            Some(other) => other.to_owned(),
+        };
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let output = Command::new(cargo)
+            .args([
+                "build",
+                "--lib",
+                "--quiet",
+                "--profile",
+                &profile,
+                "--manifest-path",
+            ])
+            .arg(root().join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(dir.parent().unwrap())
+            .output()
+            .expect("cargo runs");
+        assert!(
+            output.status.success(),
+            "cargo build --lib failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let lib = dir.join("liblayerpager.a");
+        assert!(lib.exists(), "{} was not built", lib.display());
+        lib
+    })
 }
 
 fn native_libs() -> Vec<String> {
@@ -64,10 +104,7 @@ fn build_with(name: &str, sources: &[&str], cpp: bool, flags: &[&str]) -> PathBu
     if cpp {
         cmd.args(["-x", "none"]);
     }
-    cmd.arg(artifact_dir().join("liblayerpager.a"))
-        .args(native_libs())
-        .arg("-o")
-        .arg(&out);
+    cmd.arg(static_lib()).args(native_libs()).arg("-o").arg(&out);
     let output = cmd.output().expect("the C compiler runs");
     assert!(
         output.status.success(),
@@ -125,6 +162,12 @@ fn c_source_allocator_and_threads() {
 }
 
 #[test]
+fn c_read_ahead_never_costs_a_demand() {
+    let exe = build("readahead_stress", &["readahead_stress.c"], false);
+    run(&exe, &[fixture_dir().join("llama_q4k.gguf").as_os_str()]);
+}
+
+#[test]
 fn c_calls_during_close_and_open_close_cycles() {
     for cpp in [false, true] {
         let exe = build("close_race", &["close_race.c"], cpp);
@@ -135,7 +178,7 @@ fn c_calls_during_close_and_open_close_cycles() {
 #[test]
 fn c_abuse_with_hundreds_of_damaged_models() {
     let damaged = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new("python3");
+    let mut cmd = Command::new(common::python());
     cmd.arg(root().join("tests/fixtures/damage.py"))
         .arg(damaged.path());
     for model in [

@@ -209,13 +209,22 @@ pub(crate) struct Inner {
     budget: AtomicU64,
     evict: Mutex<EvictState>,
     budget_freed: Condvar,
+    /// Threads waiting on `budget_freed` (demands and set_budget).
     budget_waiters: AtomicUsize,
+    /// Demands (acquire, pin) that found no room: while any waits, no
+    /// read-ahead takes budget.
+    demands_waiting: AtomicUsize,
+    /// Set by the first acquisition: read-ahead along the schedule starts
+    /// only once the engine has started a pass.
+    pass_started: AtomicBool,
     closed: AtomicBool,
     misses: AtomicU64,
     prefetch_hits: AtomicU64,
     bytes_read: AtomicU64,
     read_ns: AtomicU64,
     wait_ns: AtomicU64,
+    /// Size of the largest tensor of the file.
+    largest_tensor: u64,
     /// Random per pager, so a ticket of another pager is refused.
     ticket_salt: u64,
     overflow_leases: Mutex<HashMap<u64, u32>>,
@@ -298,11 +307,25 @@ pub struct TicketedAcquisition {
     pub ticket: u64,
 }
 
+/// How far the read-ahead runs ahead of the engine when there is no budget
+/// (at least two of the largest tensor).
+const UNLIMITED_READ_AHEAD_WINDOW: u64 = 64 << 20;
+
+/// How often a thread waiting for budget looks again even if nobody woke it.
+const BUDGET_WAIT_POLL: Duration = Duration::from_millis(100);
+
 const TICKET_CELL_BITS: u32 = 3;
 const TICKET_OVERFLOW_CELL: u64 = 7;
 const TICKET_GEN_BITS: u32 = 45;
 const TICKET_GEN_MASK: u64 = (1 << TICKET_GEN_BITS) - 1;
 const TICKET_SALT_SHIFT: u32 = TICKET_CELL_BITS + TICKET_GEN_BITS;
+
+/// Mixes a tensor id into the generation field of its tickets, so that a
+/// ticket of one tensor released under another's id is refused: the
+/// multiplier is odd, so distinct ids give distinct values.
+fn ticket_mix(id: u32) -> u64 {
+    (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) & TICKET_GEN_MASK
+}
 
 fn random_salt() -> u64 {
     use std::hash::{BuildHasher, Hasher};
@@ -358,6 +381,7 @@ impl Pager {
             )));
         }
         let n = index.len();
+        let largest_tensor = index.tensors().iter().map(|t| t.size).max().unwrap_or(0);
         let inner = Arc::new(Inner {
             slots: new_slots(&index)?,
             grow: Mutex::new(()),
@@ -371,12 +395,15 @@ impl Pager {
             evict: Mutex::new(EvictState::default()),
             budget_freed: Condvar::new(),
             budget_waiters: AtomicUsize::new(0),
+            demands_waiting: AtomicUsize::new(0),
+            pass_started: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             misses: AtomicU64::new(0),
             prefetch_hits: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
             read_ns: AtomicU64::new(0),
             wait_ns: AtomicU64::new(0),
+            largest_tensor,
             ticket_salt: random_salt(),
             overflow_leases: Mutex::new(HashMap::new()),
             next_overflow: AtomicU64::new(0),
@@ -709,13 +736,17 @@ impl Inner {
                 // The engine reached the read-ahead window: move it on.
                 self.policy.on_access(id);
                 self.prefetch_hits.fetch_add(1, Ordering::Relaxed);
+                self.start_pass();
                 self.poke_readers();
             }
             return Ok((slot.data.load(Ordering::Acquire), slot.info().size));
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         self.policy.on_access(id);
-        self.poke_readers();
+        self.start_pass();
+        // The readers are woken by the load once this demand holds its
+        // budget (or waits for the very read it needs): woken earlier, they
+        // would charge the next tensor before this one.
         self.load(id, Intent::Acquire)?;
         Ok((slot.data.load(Ordering::Acquire), slot.info().size))
     }
@@ -729,7 +760,17 @@ impl Inner {
         }
     }
 
+    /// Marks that the engine has started a pass (the first acquisition).
+    fn start_pass(&self) {
+        if !self.pass_started.load(Ordering::Relaxed) {
+            self.pass_started.store(true, Ordering::Relaxed);
+        }
+    }
+
     fn wake_budget_waiters(&self) {
+        // Pairs with the waiter's register-then-recheck: either it sees what
+        // this thread changed, or this thread sees it registered.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self.budget_waiters.load(Ordering::SeqCst) > 0 {
             let _g = self.lock_evict();
             self.budget_freed.notify_all();
@@ -748,7 +789,7 @@ impl Inner {
                     .is_ok()
             {
                 let generation = (v >> 1) & TICKET_GEN_MASK;
-                let ticket = salt | generation << TICKET_CELL_BITS | cell_index as u64;
+                let ticket = salt | (generation ^ ticket_mix(id)) << TICKET_CELL_BITS | cell_index as u64;
                 return Ok(TicketedAcquisition {
                     data,
                     size,
@@ -785,7 +826,7 @@ impl Inner {
             ));
         }
         let cell_index = ticket & ((1 << TICKET_CELL_BITS) - 1);
-        let generation = (ticket >> TICKET_CELL_BITS) & TICKET_GEN_MASK;
+        let generation = ((ticket >> TICKET_CELL_BITS) & TICKET_GEN_MASK) ^ ticket_mix(id);
         if cell_index == TICKET_OVERFLOW_CELL {
             let mut leases = self.overflow_leases.lock().unwrap_or_else(|e| e.into_inner());
             match leases.get(&ticket) {
@@ -871,6 +912,9 @@ impl Inner {
                     // LOADING or EVICTING: wait for the transition to end.
                     if intent == Intent::Prefetch {
                         break Ok(());
+                    }
+                    if intent == Intent::Acquire && !waiting {
+                        self.poke_readers();
                     }
                     let mut sync = slot.lock();
                     let generation = sync.load_generation;
@@ -962,6 +1006,11 @@ impl Inner {
         };
         drop(sync);
         slot.changed.notify_all();
+        if intent == Intent::Prefetch {
+            // Its budget is now an idle tensor's (or free): a demand waiting
+            // for it can take it.
+            self.wake_budget_waiters();
+        }
         result
     }
 
@@ -971,6 +1020,12 @@ impl Inner {
         info: &TensorInfo,
         intent: Intent,
     ) -> Result<(Residence, *mut u8, u64)> {
+        if info.size == 0 {
+            // Nothing to hold or read: no buffer, no charge, an aligned
+            // pointer that is never dereferenced.
+            self.reserve(id, 0, intent, false)?;
+            return Ok((Residence::Empty, self.alignment as *mut u8, 0));
+        }
         let mapped = self
             .source
             .mapped()
@@ -980,6 +1035,10 @@ impl Inner {
             None => source::buffer_len_for(self.source.as_ref(), info.offset, info.size) as u64,
         };
         let reused = self.reserve(id, charge, intent, mapped.is_none())?;
+        if intent == Intent::Acquire {
+            // This demand holds its budget: the readers may look ahead now.
+            self.poke_readers();
+        }
         let charge = self.slot_unchecked(id).charge.load(Ordering::Relaxed);
         let read = move || -> Result<(Residence, *mut u8)> {
             self.source.verify_unchanged()?;
@@ -1025,11 +1084,17 @@ impl Inner {
     }
 
     /// Charges `charge` bytes for `id` to the budget, evicting idle tensors
-    /// as the policy chooses; waits up to `wait_ms` for in-use tensors to be
-    /// released when that is not enough. With `wants_buffer`, returns a
-    /// pooled buffer to reuse when one fits (the slot is then charged its
-    /// capacity). A read-ahead (`Intent::Prefetch`) never waits and evicts
-    /// only tensors needed later than the one it loads.
+    /// as the policy chooses. With `wants_buffer`, returns a pooled buffer to
+    /// reuse when one fits (the slot is then charged its capacity).
+    ///
+    /// A demand (acquire, pin) that finds no room waits for read-aheads in
+    /// flight, whatever `wait_ms` says: each gives its budget back the moment
+    /// it ends (as an idle tensor to evict), and while a demand waits no
+    /// read-ahead takes budget. Only when pinned, in-use and demand-loading
+    /// tensors hold the room does it wait up to `wait_ms` for a release, or
+    /// fail with [`Error::Budget`]. A read-ahead (`Intent::Prefetch`) never
+    /// waits, never charges while a demand waits, and evicts only tensors
+    /// needed later than the one it loads.
     fn reserve(
         &self,
         id: u32,
@@ -1039,8 +1104,7 @@ impl Inner {
     ) -> Result<Option<TensorBuffer>> {
         let mut g = self.lock_evict();
         let readahead = intent == Intent::Prefetch;
-        let wait_ms = if readahead { 0 } else { self.wait_ms };
-        let deadline = Instant::now() + Duration::from_millis(wait_ms as u64);
+        let deadline = Instant::now() + Duration::from_millis(self.wait_ms as u64);
         let mut waited: Option<Instant> = None;
         let mut registered = false;
         let result = loop {
@@ -1051,6 +1115,12 @@ impl Inner {
             if budget != 0 && charge > budget {
                 break Err(Error::Budget(format!(
                     "{} needs {charge} bytes, more than the whole budget of {budget} bytes",
+                    self.label(id)
+                )));
+            }
+            if readahead && self.demands_waiting.load(Ordering::SeqCst) > 0 {
+                break Err(Error::Budget(format!(
+                    "read-ahead of {} yields to a waiting acquire",
                     self.label(id)
                 )));
             }
@@ -1070,32 +1140,47 @@ impl Inner {
             } else if g.free_one() {
                 continue;
             }
-            if wait_ms == 0 {
+            if readahead {
                 break Err(Error::Budget(self.budget_report(&g, id, charge, budget)));
             }
+            // A read-ahead in flight is a guess holding a demand's room: wait
+            // for it to end, bounded by its read, not by wait_ms.
+            let readaheads_in_flight = self.readahead_bytes_in_flight() > 0;
             let now = Instant::now();
-            if now >= deadline {
-                break Err(Error::Timeout {
-                    waited_ms: wait_ms as u64,
-                    detail: self.budget_report(&g, id, charge, budget),
-                });
+            if !readaheads_in_flight {
+                if self.wait_ms == 0 {
+                    break Err(Error::Budget(self.budget_report(&g, id, charge, budget)));
+                }
+                if now >= deadline {
+                    break Err(Error::Timeout {
+                        waited_ms: self.wait_ms as u64,
+                        detail: self.budget_report(&g, id, charge, budget),
+                    });
+                }
             }
             if !registered {
                 self.budget_waiters.fetch_add(1, Ordering::SeqCst);
+                self.demands_waiting.fetch_add(1, Ordering::SeqCst);
                 registered = true;
-                // Re-check after registering: a release that happened just
-                // before did not see us waiting.
+                // Re-check after registering: a release or a read-ahead that
+                // ended just before did not see us waiting.
                 continue;
             }
             waited.get_or_insert(now);
+            // Wake-ups are the normal way out; the poll interval is a safety net.
+            let mut limit = BUDGET_WAIT_POLL;
+            if !readaheads_in_flight {
+                limit = limit.min(deadline - now);
+            }
             g = self
                 .budget_freed
-                .wait_timeout(g, deadline - now)
+                .wait_timeout(g, limit)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         };
         if registered {
             self.budget_waiters.fetch_sub(1, Ordering::SeqCst);
+            self.demands_waiting.fetch_sub(1, Ordering::SeqCst);
         }
         if let Some(t) = waited {
             self.wait_ns
@@ -1106,6 +1191,19 @@ impl Inner {
         g.peak_resident_bytes = g.peak_resident_bytes.max(g.held());
         self.slot_unchecked(id).charge.store(charged, Ordering::Relaxed);
         Ok(buffer)
+    }
+
+    /// Bytes charged to read-aheads still being read. Called under the
+    /// eviction mutex (charges change only there).
+    fn readahead_bytes_in_flight(&self) -> u64 {
+        self.slots
+            .iter()
+            .filter(|s| {
+                let w = s.load_word();
+                state_of(w) == LOADING && w & PREFETCHED != 0
+            })
+            .map(|s| s.charge.load(Ordering::Relaxed))
+            .sum()
     }
 
     fn budget_report(&self, g: &EvictState, id: u32, charge: u64, budget: u64) -> String {
@@ -1201,7 +1299,7 @@ impl Inner {
                 g.pooled_bytes += buffer.len() as u64;
                 g.pool.push(buffer);
             }
-            None => {}
+            Some(Residence::Empty) | None => {}
         }
         true
     }
@@ -1368,7 +1466,12 @@ impl Inner {
     fn read_ahead_window(&self) -> u64 {
         let budget = self.budget.load(Ordering::Relaxed);
         let model = self.index.total_bytes();
-        if budget == 0 || budget >= model {
+        if budget == 0 {
+            // No budget is no licence to read the whole model: enough ahead
+            // to overlap the next tensors' reads with compute.
+            return UNLIMITED_READ_AHEAD_WINDOW.max(2 * self.largest_tensor);
+        }
+        if budget >= model {
             return u64::MAX;
         }
         // Room that is free now costs the kept part nothing.
@@ -1380,11 +1483,15 @@ impl Inner {
     /// does not fit without evicting something needed sooner, the read-ahead
     /// window is full, `max` are looked at, or the engine moves on.
     pub(crate) fn read_ahead(&self, max: usize) {
+        if !self.pass_started.load(Ordering::Relaxed) {
+            // Nobody has asked for anything yet: the engine may still be
+            // about to set a budget, or never run a pass.
+            return;
+        }
         let start = self.policy.position();
         let mut upcoming = Vec::new();
         self.policy.upcoming(max, &mut upcoming);
         let window = self.read_ahead_window();
-        let mut held = self.unused_prefetched_bytes();
         for id in upcoming {
             if self.check_open().is_err() {
                 return;
@@ -1395,6 +1502,9 @@ impl Inner {
             if state_of(slot.load_word()) != ABSENT {
                 continue;
             }
+            // Looked at afresh for each tensor: the other readers fill the
+            // same window.
+            let held = self.unused_prefetched_bytes();
             let size = slot.info().size;
             if held > 0 && held + size > window {
                 return;
@@ -1404,7 +1514,6 @@ impl Inner {
             if self.policy.position() != start {
                 return;
             }
-            held += size;
             if self.load(id, Intent::Prefetch).is_err() {
                 return;
             }

@@ -57,6 +57,8 @@ pub(crate) enum Residence {
     Owned(#[allow(dead_code)] TensorBuffer),
     /// Zero-copy: the data is the source's mapping.
     Mapped,
+    /// A tensor of zero bytes: nothing held, nothing charged.
+    Empty,
 }
 
 /// The part of a slot guarded by its lock.

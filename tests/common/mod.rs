@@ -16,6 +16,21 @@ pub struct Expected {
     pub bytes: Vec<u8>,
 }
 
+/// The Python that runs the fixture scripts: `$LAYERPAGER_PYTHON`, else the
+/// checkout's `.venv` (where the README's test command installs the `gguf`
+/// package), else `python3` from the PATH.
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("LAYERPAGER_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python3");
+    if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
 /// The directory of reference fixtures, written once per version of the
 /// generator script and shared by every test binary.
 pub fn fixture_dir() -> &'static Path {
@@ -34,15 +49,16 @@ pub fn fixture_dir() -> &'static Path {
         // Written aside and renamed: test binaries running at once never see
         // a half-written set.
         let partial = tmp.join(format!("fixtures-{hash:016x}.{}", std::process::id()));
-        let status = std::process::Command::new("python3")
+        let status = std::process::Command::new(python())
             .arg(&script)
             .arg(&partial)
             .stdout(std::process::Stdio::null())
             .status()
-            .expect("python3 runs");
+            .expect("python runs");
         assert!(
             status.success(),
-            "{} failed: the tests need llama.cpp's gguf package (python3 -m pip install gguf numpy)",
+            "{} failed: the tests need llama.cpp's gguf package in .venv \
+             (python3 -m venv .venv && .venv/bin/pip install -r tests/requirements.txt)",
             script.display()
         );
         std::fs::write(partial.join("done"), b"").unwrap();
