@@ -106,7 +106,7 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     /// No tensor of that name.
-    #[error("no tensor named '{name}'")]
+    #[error("no tensor named '{}'", shown(name))]
     NotFound {
         /// The name that was looked up.
         name: String,
@@ -169,6 +169,57 @@ pub enum Error {
     /// An internal bug (a caught panic or a poisoned lock).
     #[error("internal error: {0}")]
     Panic(String),
+}
+
+/// Most characters of a name or key that a message shows.
+const SHOWN_CHARS: usize = 64;
+
+/// A name or key from a file or a caller as a message shows it: control
+/// characters escaped (`\n`, `\u{1b}`), cut to 64 characters (escapes
+/// included) and "…". A
+/// damaged file's 2 KB name of NUL and ESC bytes then gives a one-line
+/// message of bounded length.
+pub fn shown(name: &str) -> String {
+    let mut out = String::new();
+    let mut chars = 0;
+    for c in name.chars() {
+        let piece: String = if c.is_control() {
+            c.escape_default().collect()
+        } else {
+            c.to_string()
+        };
+        let n = piece.chars().count();
+        if chars + n > SHOWN_CHARS {
+            out.push('…');
+            break;
+        }
+        chars += n;
+        out.push_str(&piece);
+    }
+    out
+}
+
+/// Longest message kept as the thread's last error, in bytes.
+pub(crate) const MESSAGE_MAX: usize = 1024;
+
+/// A message as the C API hands it out: one line (line breaks and other
+/// control characters escaped, no NUL) of at most [`MESSAGE_MAX`] bytes.
+pub(crate) fn one_line(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(MESSAGE_MAX));
+    for c in message.chars() {
+        let before = out.len();
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+        if out.len() > MESSAGE_MAX - '…'.len_utf8() {
+            out.truncate(before);
+            out.push('…');
+            break;
+        }
+    }
+    out
 }
 
 /// The crate's result type.
@@ -247,6 +298,22 @@ mod tests {
         let text = e.to_string();
         assert!(text.contains("read of tensor 0 'a'"), "{text}");
         assert!(text.contains("errno 5"), "{text}");
+    }
+
+    #[test]
+    fn names_in_messages_are_escaped_and_cut() {
+        let damaged = format!("{}\u{1b}[31m\u{7}{}", "a".repeat(10), "\0".repeat(2000));
+        let shown = shown(&damaged);
+        assert!(shown.starts_with("aaaaaaaaaa\\u{1b}[31m\\u{7}\\u{0}"), "{shown}");
+        assert!(shown.ends_with('…'));
+        assert_eq!(shown.chars().filter(|c| c.is_control()).count(), 0);
+        assert!(shown.chars().count() <= 65, "{shown}");
+        let e = Error::NotFound { name: damaged };
+        assert!(!e.to_string().chars().any(char::is_control));
+        let line = one_line(&format!("x\ny{}", "z".repeat(5000)));
+        assert!(line.starts_with("x\\ny"));
+        assert!(line.len() <= MESSAGE_MAX, "{}", line.len());
+        assert!(!line.chars().any(char::is_control));
     }
 
     #[test]

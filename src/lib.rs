@@ -38,7 +38,7 @@ pub mod source;
 pub mod synth;
 pub mod workload;
 
-pub use error::{pager_status_t, Error, Result, Status};
+pub use error::{pager_status_t, shown, Error, Result, Status};
 pub use index::{IndexFormat, TensorIndex, TensorInfo};
 pub use pager::{Acquisition, Pager, PagerOptions, Stats, TicketedAcquisition};
 pub use policy::PolicyKind;

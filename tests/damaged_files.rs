@@ -48,6 +48,8 @@ struct Gguf {
     tensors: Vec<(Vec<u8>, Vec<u64>, u32, u64)>,
     data_len: usize,
     key_len: Option<u64>,
+    /// More keys after `general.name`, each with a u8 value.
+    extra_keys: Vec<Vec<u8>>,
 }
 
 impl Gguf {
@@ -63,6 +65,7 @@ impl Gguf {
             ],
             data_len: 512,
             key_len: None,
+            extra_keys: Vec::new(),
         }
     }
 
@@ -71,7 +74,7 @@ impl Gguf {
         b.extend_from_slice(b"GGUF");
         b.extend_from_slice(&self.version.to_le_bytes());
         b.extend_from_slice(&self.n_tensors.unwrap_or(self.tensors.len() as u64).to_le_bytes());
-        let kv = 1 + self.alignment.is_some() as u64;
+        let kv = 1 + self.alignment.is_some() as u64 + self.extra_keys.len() as u64;
         b.extend_from_slice(&self.n_kv.unwrap_or(kv).to_le_bytes());
         let key = b"general.name";
         b.extend_from_slice(&self.key_len.unwrap_or(key.len() as u64).to_le_bytes());
@@ -79,6 +82,12 @@ impl Gguf {
         b.extend_from_slice(&8u32.to_le_bytes());
         b.extend_from_slice(&4u64.to_le_bytes());
         b.extend_from_slice(b"test");
+        for key in &self.extra_keys {
+            b.extend_from_slice(&(key.len() as u64).to_le_bytes());
+            b.extend_from_slice(key);
+            b.extend_from_slice(&0u32.to_le_bytes());
+            b.push(1);
+        }
         let mut alignment = 32u64;
         if let Some((ty, value)) = self.alignment {
             let key = b"general.alignment";
@@ -122,6 +131,41 @@ fn the_built_file_is_valid() {
     assert_eq!(pager.tensor_count(), 2);
     assert_eq!(pager.info(1).unwrap().size, 256);
     assert_eq!(pager.acquire(1).unwrap().bytes(), &[7u8; 256][..]);
+}
+
+#[test]
+fn sizes_follow_ggml_for_q8_1_and_q2_0() {
+    let dir = tempfile::tempdir().unwrap();
+    // 5 rows of 32 Q8_1 elements: 5 blocks of 36 bytes; then 2 rows of 64
+    // Q2_0 elements: 2 blocks of 18 bytes.
+    let gguf = Gguf {
+        tensors: vec![
+            (b"q8_1".to_vec(), vec![32, 5], 9, 0),
+            (b"q2_0".to_vec(), vec![64, 2], 42, 192),
+        ],
+        ..Gguf::new()
+    };
+    let pager = gguf.open(dir.path()).unwrap();
+    assert_eq!(pager.info(0).unwrap().size, 180);
+    assert_eq!(pager.info(0).unwrap().dtype.as_deref(), Some("Q8_1"));
+    assert_eq!(pager.info(1).unwrap().size, 36);
+    assert_eq!(pager.info(1).unwrap().dtype.as_deref(), Some("Q2_0"));
+}
+
+#[test]
+fn a_name_of_control_bytes_gives_a_short_one_line_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut name = b"blk.0.\x1b[31m\x07".to_vec();
+    name.resize(2048, 0);
+    let gguf = Gguf {
+        tensors: vec![(name, vec![64], 0, 0)],
+        ..Gguf::new()
+    };
+    let e = gguf.open(dir.path()).unwrap_err();
+    let text = e.to_string();
+    assert!(!text.chars().any(char::is_control), "{text:?}");
+    assert!(text.len() < 400, "{} bytes: {text}", text.len());
+    assert!(text.contains("blk.0.\\u{1b}[31m\\u{7}"), "{text}");
 }
 
 #[test]
@@ -225,14 +269,49 @@ fn absurd_fields_are_named_in_the_message() {
                 tensors: vec![(b"t".to_vec(), vec![64], 0, 512)],
                 ..Gguf::new()
             },
-            "past end",
+            "offset 512 in the data section, expected 0",
         ),
         (
             Gguf {
                 tensors: vec![(b"t".to_vec(), vec![64], 0, 3)],
                 ..Gguf::new()
             },
-            "not a multiple of the alignment",
+            "offset 3 in the data section, expected 0",
+        ),
+        (
+            Gguf {
+                tensors: vec![(b"a".to_vec(), vec![8], 0, 0), (b"b".to_vec(), vec![8], 0, 0)],
+                ..Gguf::new()
+            },
+            "tensor 1 'b': offset 0 in the data section, expected 32",
+        ),
+        (
+            Gguf {
+                extra_keys: vec![Vec::new()],
+                ..Gguf::new()
+            },
+            "key of metadata entry 1 is empty",
+        ),
+        (
+            Gguf {
+                extra_keys: vec![b"general.name".to_vec()],
+                ..Gguf::new()
+            },
+            "metadata entry 1: duplicate key 'general.name'",
+        ),
+        (
+            Gguf {
+                tensors: vec![(vec![b'n'; 64], vec![64], 0, 0)],
+                ..Gguf::new()
+            },
+            "name of 64 bytes is longer than ggml's 63",
+        ),
+        (
+            Gguf {
+                tensors: vec![(b"t".to_vec(), vec![1 << 62, 3, 0], 0, 0)],
+                ..Gguf::new()
+            },
+            "overflow",
         ),
         (
             Gguf {
@@ -246,9 +325,9 @@ fn absurd_fields_are_named_in_the_message() {
         let e = assert_refused(gguf.open(d), needle);
         assert!(e.to_string().contains(needle), "expected '{needle}' in: {e}");
     }
-    // Offset past the end names the tensor and the file size.
+    // A tensor past the end names the tensor and the file size.
     let far = Gguf {
-        tensors: vec![(b"blk.0.ffn_up.weight".to_vec(), vec![64], 0, 1 << 20)],
+        tensors: vec![(b"blk.0.ffn_up.weight".to_vec(), vec![1 << 20], 0, 0)],
         ..Gguf::new()
     };
     let e = far.open(d).unwrap_err();

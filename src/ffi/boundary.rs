@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use crate::error::{pager_status_t, Error, Result};
+use crate::error::{one_line, pager_status_t, Error, Result};
 
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
@@ -14,7 +14,7 @@ thread_local! {
 
 /// Stores `message` as this thread's last error.
 pub(crate) fn set_last_error(message: &str) {
-    let text = CString::new(message.replace('\0', " ")).unwrap_or_default();
+    let text = CString::new(one_line(message)).unwrap_or_default();
     LAST_ERROR.with(|e| *e.borrow_mut() = text);
 }
 

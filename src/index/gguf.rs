@@ -5,9 +5,20 @@
 //! Every count and length read from the file is checked against the bytes
 //! left in the file before anything is allocated for it, so a damaged file
 //! cannot drive a huge allocation.
+//!
+//! What ggml refuses, this refuses too (an engine built on ggml could not
+//! load it): unknown or removed types, empty or duplicate keys, names of
+//! more than 63 bytes, element counts past `i64`, tensors not laid end to
+//! end in file order with padding. `scripts/ggml-check.sh` runs ggml's own
+//! `test-gguf` generator against both. One difference is deliberate: a file
+//! that lacks only the padding after its last tensor is accepted. ggml reads
+//! the data section whole, padded to the alignment, and refuses it; every
+//! tensor's bytes are present, and a pager reads tensors, not the section.
+
+use std::collections::HashSet;
 
 use super::{IndexFormat, TensorIndex, TensorInfo};
-use crate::error::{Error, Result};
+use crate::error::{shown, Error, Result};
 use crate::source::ByteSource;
 
 const GGUF_MAGIC: [u8; 4] = *b"GGUF";
@@ -15,7 +26,9 @@ const DEFAULT_ALIGNMENT: u64 = 32;
 const MAX_DIMS: u32 = 4;
 
 /// (type id, name, elements per block, bytes per block) of every ggml type
-/// in use; the ids of removed types (4, 5, 31-33, 36-38) are refused.
+/// in use, as ggml's `ggml_type_traits` of the llama.cpp we build against
+/// has them (`scripts/ggml-check.sh` compares the two); the ids of removed
+/// types (4, 5, 31-33, 36-38) are refused, as ggml refuses them.
 const GGML_TYPES: &[(u32, &str, u64, u64)] = &[
     (0, "F32", 1, 4),
     (1, "F16", 1, 2),
@@ -24,7 +37,9 @@ const GGML_TYPES: &[(u32, &str, u64, u64)] = &[
     (6, "Q5_0", 32, 22),
     (7, "Q5_1", 32, 24),
     (8, "Q8_0", 32, 34),
-    (9, "Q8_1", 32, 40),
+    // Two halves + 32 int8 (`block_q8_1` in ggml-common.h); the PyPI gguf
+    // package up to 0.19.0 says 40.
+    (9, "Q8_1", 32, 36),
     (10, "Q2_K", 256, 84),
     (11, "Q3_K", 256, 110),
     (12, "Q4_K", 256, 144),
@@ -51,7 +66,11 @@ const GGML_TYPES: &[(u32, &str, u64, u64)] = &[
     (39, "MXFP4", 32, 17),
     (40, "NVFP4", 64, 36),
     (41, "Q1_0", 128, 18),
+    (42, "Q2_0", 64, 18),
 ];
+
+/// ggml's `GGML_MAX_NAME`: a tensor name has at most 63 bytes (+ NUL).
+const MAX_NAME_BYTES: usize = 63;
 
 /// (elements per block, bytes per block) of a ggml type, if the type exists.
 pub fn ggml_type_size(ggml_type: u32) -> Option<(u64, u64)> {
@@ -264,6 +283,23 @@ fn read_value(c: &mut Cursor<'_>, value_type: u32, key: &str, depth: u32) -> Res
     }
 }
 
+/// The number of elements of a tensor, if ggml can represent it: every
+/// dimension and the product fit an `i64`, checked as ggml checks them (a
+/// dimension of 0 or 1 never overflows).
+fn element_count(dims: &[u64]) -> Option<u64> {
+    let mut count = *dims.first().unwrap_or(&1);
+    if count > i64::MAX as u64 {
+        return None;
+    }
+    for &d in dims.iter().skip(1) {
+        if d > i64::MAX as u64 || (d > 1 && (i64::MAX as u64) / d < count) {
+            return None;
+        }
+        count *= d;
+    }
+    Some(count)
+}
+
 /// Parses the GGUF header of `source` into a validated index.
 pub fn parse(source: &dyn ByteSource) -> Result<TensorIndex> {
     let what = format!("GGUF {}", source.describe());
@@ -301,11 +337,22 @@ pub fn parse(source: &dyn ByteSource) -> Result<TensorIndex> {
         )));
     }
     let mut metadata = Vec::new();
+    let mut keys = HashSet::new();
     let mut alignment = DEFAULT_ALIGNMENT;
     for i in 0..n_kv {
-        let key = c.string(&format!("key of metadata entry {i}"))?;
+        let raw_key = c.string(&format!("key of metadata entry {i}"))?;
+        // As ggml: a key that is empty or seen before makes the file invalid
+        // (a reader would have no one value for it).
+        if raw_key.is_empty() {
+            return Err(c.err(format!("key of metadata entry {i} is empty")));
+        }
+        let key = shown(&raw_key);
+        if !keys.insert(raw_key.clone()) {
+            return Err(c.err(format!("metadata entry {i}: duplicate key '{key}'")));
+        }
         let value_type = c.u32(&format!("value type of '{key}'"))?;
         let value = read_value(&mut c, value_type, &key, 0)?;
+        let key = raw_key;
         if key == "general.alignment" {
             alignment = match value {
                 GgufValue::Uint(a) if value_type == 4 && a != 0 && a.is_power_of_two() => a,
@@ -326,7 +373,14 @@ pub fn parse(source: &dyn ByteSource) -> Result<TensorIndex> {
     }
     let mut raws = Vec::new();
     for i in 0..n_tensors {
-        let name = c.string(&format!("name of tensor {i}"))?;
+        let raw_name = c.string(&format!("name of tensor {i}"))?;
+        let name = shown(&raw_name);
+        if raw_name.len() > MAX_NAME_BYTES {
+            return Err(c.err(format!(
+                "tensor {i}: name of {} bytes is longer than ggml's {MAX_NAME_BYTES} ('{name}')",
+                raw_name.len()
+            )));
+        }
         let n_dims = c.u32(&format!("dimension count of tensor {i} '{name}'"))?;
         if n_dims > MAX_DIMS {
             return Err(c.err(format!(
@@ -340,7 +394,7 @@ pub fn parse(source: &dyn ByteSource) -> Result<TensorIndex> {
         let ggml_type = c.u32(&format!("type of tensor {i} '{name}'"))?;
         let rel_offset = c.u64(&format!("offset of tensor {i} '{name}'"))?;
         raws.push(Raw {
-            name,
+            name: raw_name,
             dims,
             ggml_type,
             rel_offset,
@@ -348,14 +402,12 @@ pub fn parse(source: &dyn ByteSource) -> Result<TensorIndex> {
     }
     let data_start = c.pos.div_ceil(alignment) * alignment;
     let mut tensors = Vec::with_capacity(raws.len());
+    let mut expected_offset = 0u64;
     for (i, r) in raws.into_iter().enumerate() {
-        let label = format!("tensor {i} '{}'", r.name);
+        let label = format!("tensor {i} '{}'", shown(&r.name));
         let (block, type_size) = ggml_type_size(r.ggml_type)
             .ok_or_else(|| Error::format(&what, format!("{label}: unknown ggml type {}", r.ggml_type)))?;
-        let n_elements = r
-            .dims
-            .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        let n_elements = element_count(&r.dims)
             .ok_or_else(|| Error::format(&what, format!("{label}: dimensions {:?} overflow", r.dims)))?;
         let first_dim = r.dims.first().copied().unwrap_or(1);
         if first_dim % block != 0 {
@@ -372,15 +424,22 @@ pub fn parse(source: &dyn ByteSource) -> Result<TensorIndex> {
         let size = (n_elements / block)
             .checked_mul(type_size)
             .ok_or_else(|| Error::format(&what, format!("{label}: byte size overflows")))?;
-        if r.rel_offset % alignment != 0 {
+        // As ggml: tensors lie in file order, each at the end of the one
+        // before, padded to the alignment (an engine built on ggml cannot
+        // load a file with gaps or overlaps).
+        if r.rel_offset != expected_offset {
             return Err(Error::format(
                 &what,
                 format!(
-                    "{label}: offset {} is not a multiple of the alignment {alignment}",
+                    "{label}: offset {} in the data section, expected {expected_offset} (tensors lie in order, each padded to {alignment})",
                     r.rel_offset
                 ),
             ));
         }
+        expected_offset = size
+            .checked_next_multiple_of(alignment)
+            .and_then(|padded| expected_offset.checked_add(padded))
+            .ok_or_else(|| Error::format(&what, format!("{label}: data section size overflows")))?;
         let offset = data_start
             .checked_add(r.rel_offset)
             .ok_or_else(|| Error::format(&what, format!("{label}: offset {} overflows", r.rel_offset)))?;
