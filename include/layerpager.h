@@ -123,110 +123,6 @@ typedef enum pager_status_t {
 typedef struct pager_t pager_t;
 
 /**
- * Memory for tensor buffers, e.g. pinned host memory from a GPU runtime.
- * Both callbacks may be called from any thread, concurrently, for as long
- * as a pager opened with them lives.
- */
-typedef struct pager_allocator_t {
-  /**
-   * Passed back to both callbacks.
-   */
-  void *user_data;
-  /**
-   * Returns `size` bytes aligned to `alignment`, or NULL.
-   */
-  void *(*alloc)(void *user_data, size_t size, size_t alignment);
-  /**
-   * Frees a block returned by `alloc`, with its size.
-   */
-  void (*free)(void *user_data, void *ptr, size_t size);
-} pager_allocator_t;
-
-/**
- * Options of a pager. Always start from `pager_options_default`.
- */
-typedef struct pager_options_t {
-  /**
-   * Set by `pager_options_default` to `sizeof(pager_options_t)`: later
-   * versions append fields and read only what the caller's struct holds.
-   */
-  uint32_t struct_size;
-  /**
-   * Budget for resident tensor bytes; 0 = unlimited.
-   */
-  uint64_t budget_bytes;
-  /**
-   * `PAGER_POLICY_AUTO` (default), `PAGER_POLICY_LRU`, `PAGER_POLICY_SCHEDULE`.
-   */
-  uint32_t policy;
-  /**
-   * `PAGER_IO_PREAD` (default), `PAGER_IO_DIRECT`, `PAGER_IO_MMAP`.
-   */
-  uint32_t io_mode;
-  /**
-   * Background reader threads that read ahead along the schedule and
-   * serve `pager_prefetch`; 0 = no background reads. Default 2.
-   */
-  uint32_t prefetch_threads;
-  /**
-   * Alignment of every tensor's data pointer, a power of two; default 64.
-   */
-  uint32_t alignment;
-  /**
-   * How long an acquire waits for in-use budget to be released (0 = fail
-   * at once), and, when not 0, the longest it waits for another thread's
-   * read of the same tensor (a stalled source) before PAGER_ERR_TIMEOUT.
-   */
-  uint32_t wait_ms;
-  /**
-   * Allocator for tensor buffers; NULL = built-in aligned allocator. The
-   * struct is copied at open.
-   */
-  const struct pager_allocator_t *allocator;
-} pager_options_t;
-
-/**
- * One entry of a tensor table for sources that are not GGUF / safetensors.
- */
-typedef struct pager_tensor_desc_t {
-  /**
-   * NUL-terminated UTF-8 name; copied at open.
-   */
-  const char *name;
-  /**
-   * Absolute offset in the source, bytes.
-   */
-  uint64_t offset;
-  /**
-   * Size in bytes.
-   */
-  uint64_t size;
-} pager_tensor_desc_t;
-
-/**
- * A byte source the engine implements (network, object store, archive).
- */
-typedef struct pager_source_t {
-  /**
-   * Passed back to the callbacks.
-   */
-  void *user_data;
-  /**
-   * Total size in bytes.
-   */
-  uint64_t size;
-  /**
-   * Fills `dst` with `len` bytes at `offset`; returns 0, or an errno.
-   * Called from any thread, concurrently.
-   */
-  int (*read_at)(void *user_data, uint64_t offset, void *dst, size_t len);
-  /**
-   * Called once when the pager is freed; may be NULL.
-   */
-  void (*destroy)(void *user_data);
-} pager_source_t;
-
-/**
  * What a tensor is and where it lives.
  */
 typedef struct pager_tensor_info_t {
@@ -343,7 +239,109 @@ typedef struct pager_stats_t {
   uint64_t wait_ns;
 } pager_stats_t;
 
+/**
+ * Memory for tensor buffers, e.g. pinned host memory from a GPU runtime.
+ * Both callbacks may be called from any thread, concurrently, for as long
+ * as a pager opened with them lives.
+ */
+typedef struct pager_allocator_t {
+  /**
+   * Passed back to both callbacks.
+   */
+  void *user_data;
+  /**
+   * Returns `size` bytes aligned to `alignment`, or NULL.
+   */
+  void *(*alloc)(void *user_data, size_t size, size_t alignment);
+  /**
+   * Frees a block returned by `alloc`, with its size.
+   */
+  void (*free)(void *user_data, void *ptr, size_t size);
+} pager_allocator_t;
 
+/**
+ * Options of a pager. Always start from `pager_options_default`.
+ */
+typedef struct pager_options_t {
+  /**
+   * Set by `pager_options_default` to `sizeof(pager_options_t)`: later
+   * versions append fields and read only what the caller's struct holds.
+   */
+  uint32_t struct_size;
+  /**
+   * Budget for resident tensor bytes; 0 = unlimited.
+   */
+  uint64_t budget_bytes;
+  /**
+   * `PAGER_POLICY_AUTO` (default), `PAGER_POLICY_LRU`, `PAGER_POLICY_SCHEDULE`.
+   */
+  uint32_t policy;
+  /**
+   * `PAGER_IO_PREAD` (default), `PAGER_IO_DIRECT`, `PAGER_IO_MMAP`.
+   */
+  uint32_t io_mode;
+  /**
+   * Background reader threads that read ahead along the schedule and
+   * serve `pager_prefetch`; 0 = no background reads. Default 2.
+   */
+  uint32_t prefetch_threads;
+  /**
+   * Alignment of every tensor's data pointer, a power of two; default 64.
+   */
+  uint32_t alignment;
+  /**
+   * How long an acquire waits for in-use budget to be released (0 = fail
+   * at once), and, when not 0, the longest it waits for another thread's
+   * read of the same tensor (a stalled source) before PAGER_ERR_TIMEOUT.
+   */
+  uint32_t wait_ms;
+  /**
+   * Allocator for tensor buffers; NULL = built-in aligned allocator. The
+   * struct is copied at open.
+   */
+  const struct pager_allocator_t *allocator;
+} pager_options_t;
+
+/**
+ * One entry of a tensor table for sources that are not GGUF / safetensors.
+ */
+typedef struct pager_tensor_desc_t {
+  /**
+   * NUL-terminated UTF-8 name; copied at open.
+   */
+  const char *name;
+  /**
+   * Absolute offset in the source, bytes.
+   */
+  uint64_t offset;
+  /**
+   * Size in bytes.
+   */
+  uint64_t size;
+} pager_tensor_desc_t;
+
+/**
+ * A byte source the engine implements (network, object store, archive).
+ */
+typedef struct pager_source_t {
+  /**
+   * Passed back to the callbacks.
+   */
+  void *user_data;
+  /**
+   * Total size in bytes.
+   */
+  uint64_t size;
+  /**
+   * Fills `dst` with `len` bytes at `offset`; returns 0, or an errno.
+   * Called from any thread, concurrently.
+   */
+  int (*read_at)(void *user_data, uint64_t offset, void *dst, size_t len);
+  /**
+   * Called once when the pager is freed; may be NULL.
+   */
+  void (*destroy)(void *user_data);
+} pager_source_t;
 
 #ifdef __cplusplus
 extern "C" {
@@ -367,92 +365,6 @@ const char *pager_last_error_message(void);
  * The library version, "MAJOR.MINOR.PATCH"; static, never NULL.
  */
 const char *pager_version(void);
-
-/**
- * Fills `*opts` with the defaults: unlimited budget, `PAGER_POLICY_AUTO`,
- * `PAGER_IO_PREAD`, 2 background readers, alignment 64, no waiting,
- * built-in allocator, and `struct_size = sizeof(pager_options_t)`. NULL is
- * ignored.
- *
- * # Safety
- * `opts` is NULL or points to writable memory for a `pager_options_t`.
- */
-void pager_options_default(struct pager_options_t *opts);
-
-/**
- * Opens a GGUF file (v2 or v3). On success `*out` is a new pager, which the
- * caller closes with `pager_close`; on failure `*out` is NULL.
- * `opts` may be NULL for the defaults.
- *
- * Returns `PAGER_OK`, `PAGER_ERR_INVALID_ARGUMENT` (NULL path/out, bad
- * option, non-UTF-8 path), `PAGER_ERR_IO`, `PAGER_ERR_FORMAT`,
- * `PAGER_ERR_OUT_OF_BOUNDS`, `PAGER_ERR_PANIC`. Thread-safe.
- *
- * # Safety
- * `path` is NULL or a NUL-terminated string; `opts` is NULL or a
- * `pager_options_t` (at least `struct_size` bytes); `out` is NULL or writable.
- */
-enum pager_status_t pager_open_gguf(const char *path,
-                                    const struct pager_options_t *opts,
-                                    struct pager_t **out);
-
-/**
- * Opens a safetensors file. Ownership, statuses and thread safety as
- * `pager_open_gguf`.
- *
- * # Safety
- * As `pager_open_gguf`.
- */
-enum pager_status_t pager_open_safetensors(const char *path,
-                                           const struct pager_options_t *opts,
-                                           struct pager_t **out);
-
-/**
- * Opens any file with an explicit table of `n` tensors (name, offset,
- * size); tensors get ids 0..n-1 in table order. The table is copied.
- * Statuses as `pager_open_gguf` (a bad table is `PAGER_ERR_FORMAT` or
- * `PAGER_ERR_OUT_OF_BOUNDS`).
- *
- * # Safety
- * As `pager_open_gguf`; `descs` is NULL (only with `n == 0`) or `n` entries.
- */
-enum pager_status_t pager_open_table(const char *path,
-                                     const struct pager_tensor_desc_t *descs,
-                                     size_t n,
-                                     const struct pager_options_t *opts,
-                                     struct pager_t **out);
-
-/**
- * Opens a pager over the engine's own byte source and a table of `n`
- * tensors. On success the pager owns the source and calls
- * `src->destroy(src->user_data)` once when it is freed; on failure the
- * source is left to the caller (destroy is not called). `src` is copied.
- * Statuses as `pager_open_table`.
- *
- * # Safety
- * `src` is NULL or a valid `pager_source_t` whose callbacks follow its
- * contract; the rest as `pager_open_table`.
- */
-enum pager_status_t pager_open_source(const struct pager_source_t *src,
-                                      const struct pager_tensor_desc_t *descs,
-                                      size_t n,
-                                      const struct pager_options_t *opts,
-                                      struct pager_t **out);
-
-/**
- * Closes the pager. Later calls on it return `PAGER_ERR_CLOSED`, except
- * `pager_release`, which stays valid for acquisitions still held: their
- * memory stays valid until each is released, and the pager is freed with
- * the last release (or now, if none is held). Closing twice, or NULL, does
- * nothing. Calls running in other threads at that moment end normally (an
- * acquire waiting for budget is woken with `PAGER_ERR_CLOSED`); whichever
- * call ends last frees the pager. Background readers are stopped before
- * `pager_close` returns.
- *
- * # Safety
- * `p` is NULL or a pointer returned by a `pager_open_*` function.
- */
-void pager_close(struct pager_t *p);
 
 /**
  * Number of tensors (ids are 0..count-1, file order, then slices); 0 if
@@ -632,6 +544,92 @@ enum pager_status_t pager_hint(struct pager_t *p, const uint32_t *ids, size_t n)
  */
 enum pager_status_t pager_get_stats(const struct pager_t *p,
                                     struct pager_stats_t *out);
+
+/**
+ * Fills `*opts` with the defaults: unlimited budget, `PAGER_POLICY_AUTO`,
+ * `PAGER_IO_PREAD`, 2 background readers, alignment 64, no waiting,
+ * built-in allocator, and `struct_size = sizeof(pager_options_t)`. NULL is
+ * ignored.
+ *
+ * # Safety
+ * `opts` is NULL or points to writable memory for a `pager_options_t`.
+ */
+void pager_options_default(struct pager_options_t *opts);
+
+/**
+ * Opens a GGUF file (v2 or v3). On success `*out` is a new pager, which the
+ * caller closes with `pager_close`; on failure `*out` is NULL.
+ * `opts` may be NULL for the defaults.
+ *
+ * Returns `PAGER_OK`, `PAGER_ERR_INVALID_ARGUMENT` (NULL path/out, bad
+ * option, non-UTF-8 path), `PAGER_ERR_IO`, `PAGER_ERR_FORMAT`,
+ * `PAGER_ERR_OUT_OF_BOUNDS`, `PAGER_ERR_PANIC`. Thread-safe.
+ *
+ * # Safety
+ * `path` is NULL or a NUL-terminated string; `opts` is NULL or a
+ * `pager_options_t` (at least `struct_size` bytes); `out` is NULL or writable.
+ */
+enum pager_status_t pager_open_gguf(const char *path,
+                                    const struct pager_options_t *opts,
+                                    struct pager_t **out);
+
+/**
+ * Opens a safetensors file. Ownership, statuses and thread safety as
+ * `pager_open_gguf`.
+ *
+ * # Safety
+ * As `pager_open_gguf`.
+ */
+enum pager_status_t pager_open_safetensors(const char *path,
+                                           const struct pager_options_t *opts,
+                                           struct pager_t **out);
+
+/**
+ * Opens any file with an explicit table of `n` tensors (name, offset,
+ * size); tensors get ids 0..n-1 in table order. The table is copied.
+ * Statuses as `pager_open_gguf` (a bad table is `PAGER_ERR_FORMAT` or
+ * `PAGER_ERR_OUT_OF_BOUNDS`).
+ *
+ * # Safety
+ * As `pager_open_gguf`; `descs` is NULL (only with `n == 0`) or `n` entries.
+ */
+enum pager_status_t pager_open_table(const char *path,
+                                     const struct pager_tensor_desc_t *descs,
+                                     size_t n,
+                                     const struct pager_options_t *opts,
+                                     struct pager_t **out);
+
+/**
+ * Opens a pager over the engine's own byte source and a table of `n`
+ * tensors. On success the pager owns the source and calls
+ * `src->destroy(src->user_data)` once when it is freed; on failure the
+ * source is left to the caller (destroy is not called). `src` is copied.
+ * Statuses as `pager_open_table`.
+ *
+ * # Safety
+ * `src` is NULL or a valid `pager_source_t` whose callbacks follow its
+ * contract; the rest as `pager_open_table`.
+ */
+enum pager_status_t pager_open_source(const struct pager_source_t *src,
+                                      const struct pager_tensor_desc_t *descs,
+                                      size_t n,
+                                      const struct pager_options_t *opts,
+                                      struct pager_t **out);
+
+/**
+ * Closes the pager. Later calls on it return `PAGER_ERR_CLOSED`, except
+ * `pager_release`, which stays valid for acquisitions still held: their
+ * memory stays valid until each is released, and the pager is freed with
+ * the last release (or now, if none is held). Closing twice, or NULL, does
+ * nothing. Calls running in other threads at that moment end normally (an
+ * acquire waiting for budget is woken with `PAGER_ERR_CLOSED`); whichever
+ * call ends last frees the pager. Background readers are stopped before
+ * `pager_close` returns.
+ *
+ * # Safety
+ * `p` is NULL or a pointer returned by a `pager_open_*` function.
+ */
+void pager_close(struct pager_t *p);
 
 #ifdef __cplusplus
 }  // extern "C"

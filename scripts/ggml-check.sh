@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seeds=${1:-20}
 eval "$(scripts/llama-cpp.sh ggml)"
-cargo build --release --lib --quiet
+cargo build --release --lib --quiet -p layerpager
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 ggml_libs=("$LLAMA_CPP_BUILD/ggml/src/libggml.a" "$LLAMA_CPP_BUILD/ggml/src/libggml-cpu.a"

@@ -3,7 +3,7 @@
 # cbindgen into OUT_DIR; this copies the newest one into include/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --quiet --lib
+cargo build --quiet --lib -p layerpager
 header=$(ls -t target/debug/build/layerpager-*/out/layerpager.h | head -n 1)
 cp "$header" include/layerpager.h
 echo "include/layerpager.h updated from $header"

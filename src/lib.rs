@@ -28,15 +28,11 @@
 pub mod error;
 pub mod ffi;
 pub mod index;
-pub mod moe;
 pub mod pager;
 pub mod policy;
 mod prefetch;
 mod segvec;
-pub mod sim;
 pub mod source;
-pub mod synth;
-pub mod workload;
 
 pub use error::{pager_status_t, shown, Error, Result, Status};
 pub use index::{IndexFormat, TensorIndex, TensorInfo};

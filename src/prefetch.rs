@@ -18,7 +18,20 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::pager::Inner;
+
+/// What the readers need of the pager, and all they see of it (the pager
+/// implements it; this module does not know the pager).
+pub(crate) trait ReadAheadTarget: Send + Sync {
+    /// Whether the pager was closed: the readers then stop.
+    fn is_closed(&self) -> bool;
+    /// A counter that changes whenever the engine moves along the schedule.
+    fn schedule_position(&self) -> u64;
+    /// Reads `id` now, for an explicit request; errors are the later
+    /// acquire's to report.
+    fn read_now(&self, id: u32);
+    /// Reads ahead along the schedule, at most `max` tensors looked at.
+    fn read_ahead(&self, max: usize);
+}
 
 /// Most explicit requests kept queued; the oldest are dropped first.
 const QUEUE_LIMIT: usize = 4096;
@@ -75,7 +88,7 @@ pub(crate) struct Prefetcher {
 }
 
 impl Prefetcher {
-    pub(crate) fn start(pager: Arc<Inner>, shared: Arc<Shared>, threads: u32) -> Result<Self> {
+    pub(crate) fn start(pager: Arc<dyn ReadAheadTarget>, shared: Arc<Shared>, threads: u32) -> Result<Self> {
         let mut prefetcher = Prefetcher {
             shared,
             threads: Vec::new(),
@@ -85,7 +98,7 @@ impl Prefetcher {
             let pager = Arc::clone(&pager);
             let handle = std::thread::Builder::new()
                 .name(format!("layerpager-io-{i}"))
-                .spawn(move || worker(&shared, &pager))
+                .spawn(move || worker(&shared, pager.as_ref()))
                 .map_err(|e| Error::from_io("spawn of a prefetch thread", &e));
             match handle {
                 Ok(h) => prefetcher.threads.push(h),
@@ -118,7 +131,7 @@ impl Drop for Prefetcher {
     }
 }
 
-fn worker(shared: &Shared, pager: &Inner) {
+fn worker(shared: &Shared, pager: &dyn ReadAheadTarget) {
     let mut seen_position = u64::MAX;
     loop {
         let explicit = {
@@ -145,7 +158,7 @@ fn worker(shared: &Shared, pager: &Inner) {
             }
         };
         match explicit {
-            Some(id) => pager.prefetch_now(id),
+            Some(id) => pager.read_now(id),
             None => {
                 seen_position = pager.schedule_position();
                 pager.read_ahead(READ_AHEAD_MAX);

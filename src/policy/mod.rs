@@ -8,6 +8,7 @@
 //! the pager's eviction mutex, where a scan over the candidates is cheap next
 //! to the read it makes room for.
 
+mod experts;
 mod schedule;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -16,6 +16,19 @@ pub struct Expected {
     pub bytes: Vec<u8>,
 }
 
+/// The repository's root: this module also serves the tests of the `cli`
+/// member crate, one level down.
+pub fn repo_root() -> &'static Path {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if manifest.join("tests/fixtures/make_fixtures.py").exists() {
+        manifest
+    } else {
+        manifest
+            .parent()
+            .expect("the cli crate lies inside the repository")
+    }
+}
+
 /// The Python that runs the fixture scripts: `$LAYERPAGER_PYTHON`, else the
 /// checkout's `.venv` (where the README's test command installs the `gguf`
 /// package), else `python3` from the PATH.
@@ -23,7 +36,7 @@ pub fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("LAYERPAGER_PYTHON") {
         return PathBuf::from(p);
     }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python3");
+    let venv = repo_root().join(".venv/bin/python3");
     if venv.exists() {
         venv
     } else {
@@ -36,7 +49,7 @@ pub fn python() -> PathBuf {
 pub fn fixture_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make_fixtures.py");
+        let script = repo_root().join("tests/fixtures/make_fixtures.py");
         let text = std::fs::read(&script).expect("the fixture script");
         let hash = text.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
             (h ^ b as u64).wrapping_mul(0x100_0000_01b3)

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use layerpager::source::{drop_page_cache, raw_pread_sweep};
-use layerpager::synth::{write_gguf, LlamaShape};
 use layerpager::{IoMode, Pager, PagerOptions, PolicyKind};
+use layerpager_tools::synth::{write_gguf, LlamaShape};
 
 fn streaming(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();

@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::error::Result;
-use crate::pager::{Pager, Stats};
+use layerpager::Result;
+use layerpager::{Pager, Stats};
 
 /// How to run the passes.
 #[derive(Debug, Clone, Copy, Default)]

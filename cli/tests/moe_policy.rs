@@ -4,7 +4,7 @@
 //! S3-FIFO and frequency admission (within half a point) at budgets from 25%
 //! to 90% and routing skews from uniform to Zipf 1.2.
 
-use layerpager::moe::{compare, MoeShape, Routing};
+use layerpager_tools::moe::{compare, MoeShape, Routing};
 
 #[test]
 fn mixtral_zipf_0_8_meets_the_byte_hit_targets() {

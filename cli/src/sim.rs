@@ -11,7 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
-use crate::policy::EvictionPolicy;
+use layerpager::policy::EvictionPolicy;
 
 /// What a simulated run cost.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -264,7 +264,7 @@ impl EvictionPolicy for S3Fifo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{Lru, ScheduleAware};
+    use layerpager::policy::{Lru, ScheduleAware};
 
     fn cycle(n: u32, passes: u32) -> Vec<u32> {
         (0..passes).flat_map(|_| 0..n).collect()
@@ -285,7 +285,7 @@ mod tests {
         // M + (P-1)(M-B) = 100 + 2 * 50.
         assert_eq!(simulate(&sizes, &trace, 50, &Belady::new(&trace)).bytes_read, 200);
         let p = ScheduleAware::new(10, false);
-        crate::policy::EvictionPolicy::set_schedule(&p, &(0..10).collect::<Vec<_>>());
+        layerpager::policy::EvictionPolicy::set_schedule(&p, &(0..10).collect::<Vec<_>>());
         assert_eq!(simulate(&sizes, &trace, 50, &p).bytes_read, 200);
     }
 

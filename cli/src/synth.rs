@@ -6,8 +6,8 @@
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-use crate::error::{Error, Result};
-use crate::index::ggml_type_size;
+use layerpager::index::ggml_type_size;
+use layerpager::{Error, Result};
 
 /// A tensor to write: name, ggml type id, dimensions (innermost first).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,7 +177,7 @@ mod tests {
         let tensors = shape.tensors();
         let size = write_gguf(&path, &tensors, 64, |_| {}).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), size);
-        let pager = crate::Pager::open_gguf(&path, Default::default()).unwrap();
+        let pager = layerpager::Pager::open_gguf(&path, Default::default()).unwrap();
         assert_eq!(pager.tensor_count(), tensors.len());
         for (i, t) in tensors.iter().enumerate() {
             let info = pager.info(i as u32).unwrap();

@@ -2,6 +2,7 @@
 //! JSON), a damaged file's one-line error, plan with its plot, bench on a
 //! small model, synth, and flags that name themselves when wrong.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::process::Command;

@@ -3,9 +3,9 @@
 //! never left growing in a malloc arena. Measured from the process's
 //! high-water mark (one test in this binary, so nothing else allocates).
 
-use layerpager::synth::{write_gguf, LlamaShape};
-use layerpager::workload::{rss, run_passes, PassConfig};
 use layerpager::{IoMode, Pager, PagerOptions};
+use layerpager_tools::synth::{write_gguf, LlamaShape};
+use layerpager_tools::workload::{rss, run_passes, PassConfig};
 
 #[test]
 fn long_sweep_peak_rss_stays_within_budget_plus_overhead() {

@@ -4,8 +4,8 @@
 //! the previous token's expert), and the comparison of eviction policies on
 //! the resulting access trace, by simulation (see [`crate::sim`]).
 
-use crate::policy::{EvictionPolicy, FrequencyAdmission, Lru, ScheduleAware};
 use crate::sim::{simulate_from, Belady, S3Fifo};
+use layerpager::policy::{EvictionPolicy, FrequencyAdmission, Lru, ScheduleAware};
 
 /// The shape of an MoE decoder, in bytes per tensor.
 #[derive(Debug, Clone, PartialEq)]

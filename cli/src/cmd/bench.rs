@@ -1,0 +1,244 @@
+//! `layerpager bench`: forward passes over a real model under a budget,
+//! beside the seed design and a raw read of the same file.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use layerpager::source::{drop_page_cache, raw_pread_sweep};
+use layerpager::{Error, IoMode, PagerOptions, PolicyKind};
+use layerpager_tools::workload::{lower_bound_bytes, rss, run_passes, PassConfig, PassReport};
+
+use crate::format::{bar, gbps, human, open_index, open_pager, parse_size};
+use crate::{IoArg, PolicyArg};
+
+#[derive(clap::Args)]
+pub(crate) struct BenchArgs {
+    /// The model file (GGUF or safetensors).
+    model: PathBuf,
+    /// RAM budget: bytes, 512M, 4G, or a share of the model like 50%;
+    /// several, comma-separated, run one after another.
+    #[arg(long, default_value = "50%")]
+    budget: String,
+    /// Forward passes (tokens).
+    #[arg(long, default_value_t = 3)]
+    passes: u32,
+    /// Eviction policy.
+    #[arg(long, value_enum, default_value_t = PolicyArg::Auto)]
+    policy: PolicyArg,
+    /// How the file is read.
+    #[arg(long, value_enum, default_value_t = IoArg::Pread)]
+    io: IoArg,
+    /// Background reader threads.
+    #[arg(long, default_value_t = 2)]
+    prefetch: u32,
+    /// Simulated compute speed in GB/s of weights (none: I/O only).
+    #[arg(long)]
+    compute_gbps: Option<f64>,
+    /// Do not declare the pass order (let the pager learn it).
+    #[arg(long)]
+    no_schedule: bool,
+    /// Keep the page cache warm (default: drop it before each pass).
+    #[arg(long)]
+    warm: bool,
+}
+
+/// One measured configuration.
+pub(crate) struct Run {
+    label: String,
+    report: PassReport,
+    peak_rss_delta: Option<u64>,
+}
+
+pub(crate) fn measure(
+    path: &Path,
+    label: &str,
+    options: PagerOptions,
+    config: PassConfig,
+    warm: bool,
+) -> Result<Run, Error> {
+    let pager = open_pager(path, options)?;
+    let order = pager.index().forward_order();
+    let pb = bar(order.len() as u64 * config.passes as u64, label);
+    let base = rss::current_bytes();
+    rss::reset_peak();
+    let before_pass = || if warm { Ok(()) } else { drop_page_cache(path) };
+    let report = run_passes(&pager, &order, config, before_pass, || pb.inc(1))?;
+    let peak = rss::peak_bytes();
+    pb.finish_and_clear();
+    drop(pager);
+    Ok(Run {
+        label: label.to_owned(),
+        report,
+        peak_rss_delta: base.zip(peak).map(|(b, p)| p.saturating_sub(b)),
+    })
+}
+
+pub(crate) fn raw_reference(path: &Path, warm: bool) -> Result<(u64, Duration), Error> {
+    if !warm {
+        drop_page_cache(path)?;
+    }
+    let started = Instant::now();
+    let bytes = raw_pread_sweep(path, 8 << 20)?;
+    Ok((bytes, started.elapsed()))
+}
+
+pub(crate) fn print_header(model: u64, passes: u32, raw: (u64, Duration), compute_gbps: Option<f64>) {
+    println!(
+        "model {} | {passes} passes | simulated compute {} | raw pread of the same file: {:.2} GB/s ({} in {:.2?})",
+        human(model),
+        compute_gbps.map_or("none".to_owned(), |g| format!("{g} GB/s")),
+        gbps(raw.0, raw.1),
+        human(raw.0),
+        raw.1
+    );
+}
+
+pub(crate) fn print_runs(runs: &[Run], budget: u64, passes: u32, raw: (u64, Duration)) {
+    let model = runs[0].report.model_bytes;
+    let bound = lower_bound_bytes(model, budget, passes);
+    let raw_gbps = gbps(raw.0, raw.1);
+    println!();
+    println!(
+        "budget {} ({:.0}% of the model) | lower bound {} read ({} per pass)",
+        human(budget),
+        budget as f64 * 100.0 / model as f64,
+        human(bound),
+        human(bound / passes as u64)
+    );
+    println!(
+        "{:<42} {:>6} {:>11} {:>8} {:>8} {:>10} {:>7} {:>7} {:>11} {:>10}",
+        "run",
+        "hits",
+        "read/pass",
+        "vs bound",
+        "s/pass",
+        "vs ideal",
+        "GB/s",
+        "vs raw",
+        "peak resid",
+        "peak RSS+"
+    );
+    for r in runs {
+        let s = &r.report.stats;
+        let wall = r.report.wall();
+        let per_pass = wall / passes.max(1);
+        let read_gbps = gbps(s.bytes_read, wall);
+        // The ideal time: compute and this run's reads at raw speed, overlapped.
+        let io = s.bytes_read as f64 / (raw_gbps * 1e9);
+        let ideal = r.report.compute.as_secs_f64().max(io);
+        println!(
+            "{:<42} {:>5.1}% {:>11} {:>7.3}x {:>8.3} {:>9.2}x {:>7.2} {:>6.2}x {:>11} {:>10}",
+            r.label,
+            r.report.hit_ratio() * 100.0,
+            human(s.bytes_read / passes.max(1) as u64),
+            s.bytes_read as f64 / bound as f64,
+            per_pass.as_secs_f64(),
+            wall.as_secs_f64() / ideal.max(1e-9),
+            read_gbps,
+            read_gbps / raw_gbps,
+            human(s.peak_resident_bytes),
+            r.peak_rss_delta.map(human).unwrap_or_else(|| "?".into()),
+        );
+    }
+}
+
+pub(crate) const FIGURES: &str = "'vs bound' is bytes read over M + (P-1)(M-B). 'vs ideal' is wall time over
+max(compute, this run's bytes at raw pread speed). 'vs raw' is read throughput over a raw
+8 MiB pread loop of the same file, measured in the same run, cold or warm as the runs.
+'peak RSS+' is the process's peak resident memory growth during the run.";
+
+pub(crate) fn bench(a: BenchArgs) -> Result<(), Error> {
+    let index = open_index(&a.model)?;
+    let model = index.total_bytes();
+    let budgets = a
+        .budget
+        .split(',')
+        .map(|b| parse_size(b, model, "--budget"))
+        .collect::<Result<Vec<_>, _>>()?;
+    if a.passes == 0 {
+        return Err(Error::InvalidArgument("--passes must be at least 1".into()));
+    }
+    if let Some(g) = a.compute_gbps {
+        if !(g > 0.0 && g.is_finite()) {
+            return Err(Error::InvalidArgument(format!(
+                "--compute-gbps {g}: expected a positive number"
+            )));
+        }
+    }
+    let raw = raw_reference(&a.model, a.warm)?;
+    print_header(model, a.passes, raw, a.compute_gbps);
+    let config = PassConfig {
+        passes: a.passes,
+        compute_gbps: a.compute_gbps,
+        declare_schedule: !a.no_schedule,
+    };
+    let io_mode = match a.io {
+        IoArg::Pread => IoMode::Pread,
+        IoArg::Direct => IoMode::Direct,
+        IoArg::Mmap => IoMode::Mmap,
+    };
+    for budget in budgets {
+        let seed = PagerOptions {
+            budget_bytes: budget,
+            policy: PolicyKind::Lru,
+            io_mode,
+            prefetch_threads: 0,
+            ..Default::default()
+        };
+        let ours = PagerOptions {
+            policy: match a.policy {
+                PolicyArg::Auto => PolicyKind::Auto,
+                PolicyArg::Lru => PolicyKind::Lru,
+                PolicyArg::Schedule => PolicyKind::Schedule,
+            },
+            prefetch_threads: a.prefetch,
+            ..seed.clone()
+        };
+        let declared = if a.no_schedule {
+            "no schedule declared"
+        } else {
+            "schedule declared"
+        };
+        let mut runs = vec![measure(
+            &a.model,
+            "seed design: LRU, read on demand",
+            seed,
+            PassConfig {
+                declare_schedule: false,
+                ..config
+            },
+            a.warm,
+        )?];
+        if a.prefetch > 0 {
+            runs.push(measure(
+                &a.model,
+                &format!("layerpager, {declared}, no readers"),
+                PagerOptions {
+                    prefetch_threads: 0,
+                    ..ours.clone()
+                },
+                config,
+                a.warm,
+            )?);
+        }
+        runs.push(measure(
+            &a.model,
+            &format!("layerpager, {declared}, {} readers", a.prefetch),
+            ours,
+            config,
+            a.warm,
+        )?);
+        print_runs(&runs, budget, a.passes, raw);
+    }
+    println!();
+    println!("{FIGURES}");
+    println!(
+        "Cache: {}.",
+        if a.warm {
+            "warm"
+        } else {
+            "dropped (posix_fadvise DONTNEED) before each pass"
+        }
+    );
+    Ok(())
+}

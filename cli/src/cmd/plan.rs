@@ -1,0 +1,208 @@
+//! `layerpager plan`: simulated passes over a model's real tensor sizes (or a
+//! Mixtral-shaped MoE with seeded routing) for each budget and policy, as a
+//! table and an SVG plot. No tensor data is read.
+
+use std::path::Path;
+
+use layerpager::index::block_of;
+use layerpager::policy::{EvictionPolicy, Lru, ScheduleAware};
+use layerpager::Error;
+use layerpager_tools::moe::{compare, MoeShape, Routing};
+use layerpager_tools::sim::simulate;
+use layerpager_tools::workload::lower_bound_bytes;
+
+use crate::format::{file_name, human, open_index, parse_budgets};
+
+pub(crate) fn plan(path: &Path, budgets: &str, passes: u32, svg: &Path) -> Result<(), Error> {
+    let index = open_index(path)?;
+    let model = index.total_bytes();
+    let budgets = parse_budgets(budgets, model)?;
+    if passes == 0 {
+        return Err(Error::InvalidArgument("--passes must be at least 1".into()));
+    }
+    let sizes: Vec<u64> = index.tensors().iter().map(|t| t.size).collect();
+    let order = index.forward_order();
+    let trace: Vec<u32> = (0..passes).flat_map(|_| order.iter().copied()).collect();
+    let n = sizes.len();
+    let has_blocks = index.tensors().iter().any(|t| block_of(&t.name).is_some());
+    println!(
+        "{}: {} in {} tensors, {passes} passes simulated (no data read)",
+        path.display(),
+        human(model),
+        n
+    );
+    println!(
+        "{:>12} {:>6} | {:>12} {:>12} {:>12} {:>12}",
+        "budget", "%", "lower bound", "LRU", "declared", "not declared"
+    );
+    println!(
+        "{:>21} (bytes read per token, averaged over the passes, the first one cold)",
+        ""
+    );
+    let mut rows = Vec::new();
+    for &budget in &budgets {
+        let per_token = |bytes: u64| bytes / passes as u64;
+        let lru = simulate(&sizes, &trace, budget, &Lru::new(n)).bytes_read;
+        let declared = {
+            let p = ScheduleAware::new(n, false);
+            p.set_schedule(&order);
+            simulate(&sizes, &trace, budget, &p).bytes_read
+        };
+        let learned = {
+            let p = ScheduleAware::new(n, true);
+            if has_blocks {
+                p.guess(&order);
+            }
+            simulate(&sizes, &trace, budget, &p).bytes_read
+        };
+        let bound = lower_bound_bytes(model, budget, passes);
+        println!(
+            "{:>12} {:>5.0}% | {:>12} {:>12} {:>12} {:>12}",
+            human(budget),
+            budget as f64 * 100.0 / model as f64,
+            human(per_token(bound)),
+            human(per_token(lru)),
+            human(per_token(declared)),
+            human(per_token(learned))
+        );
+        rows.push((budget, [bound, lru, declared, learned].map(per_token)));
+    }
+    let series = [
+        "lower bound M + (P-1)(M-B)",
+        "LRU",
+        "layerpager, schedule declared",
+        "layerpager, not declared",
+    ];
+    let points: Vec<Vec<(f64, f64)>> = (0..4)
+        .map(|k| {
+            rows.iter()
+                .map(|(b, v)| {
+                    (
+                        *b as f64 * 100.0 / model as f64,
+                        v[k] as f64 / (1u64 << 20) as f64,
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    plot(
+        svg,
+        &format!(
+            "{}: bytes read per token vs budget ({passes} passes)",
+            file_name(path)
+        ),
+        "budget (% of the model)",
+        "MiB read per token",
+        &series,
+        &points,
+    )?;
+    println!("plot written to {}", svg.display());
+    Ok(())
+}
+
+pub(crate) fn plan_moe(budgets: &str, svg: &Path, routing: Routing, tokens: usize) -> Result<(), Error> {
+    if !(0.0..=4.0).contains(&routing.zipf) || !(0.0..=1.0).contains(&routing.repeat) || tokens < 10 {
+        return Err(Error::InvalidArgument(
+            "--zipf must be in 0..4, --repeat in 0..1, --tokens at least 10".into(),
+        ));
+    }
+    let shares: Vec<f64> = parse_budgets(budgets, 10_000)?
+        .iter()
+        .map(|&b| b as f64 / 10_000.0)
+        .collect();
+    let shape = MoeShape::mixtral();
+    println!(
+        "Mixtral-shaped MoE ({} blocks, {} experts, top-{}), Zipf {} routing, repeat {}, {tokens} tokens (first tenth warms up)",
+        shape.layers, shape.experts, shape.top_k, routing.zipf, routing.repeat
+    );
+    println!(
+        "{:>6} | {:>8} {:>8} {:>10} {:>11} {:>8}   (byte hit ratio)",
+        "budget", "LRU", "S3-FIFO", "frequency", "layerpager", "Belady"
+    );
+    let rows = compare(&shape, routing, tokens, &shares);
+    for r in &rows {
+        println!(
+            "{:>5.0}% | {:>7.1}% {:>7.1}% {:>9.1}% {:>10.1}% {:>7.1}%",
+            r.budget_share * 100.0,
+            r.lru * 100.0,
+            r.s3fifo * 100.0,
+            r.frequency * 100.0,
+            r.layerpager * 100.0,
+            r.belady * 100.0
+        );
+    }
+    let series = [
+        "Belady (routing known)",
+        "LRU",
+        "S3-FIFO",
+        "frequency admission",
+        "layerpager",
+    ];
+    let points: Vec<Vec<(f64, f64)>> = (0..5)
+        .map(|k| {
+            rows.iter()
+                .map(|r| {
+                    let v = [r.belady, r.lru, r.s3fifo, r.frequency, r.layerpager][k];
+                    (r.budget_share * 100.0, v * 100.0)
+                })
+                .collect()
+        })
+        .collect();
+    plot(
+        svg,
+        "MoE expert paging: byte hit ratio vs budget",
+        "budget (% of the model)",
+        "byte hit ratio (%)",
+        &series,
+        &points,
+    )?;
+    println!("plot written to {}", svg.display());
+    Ok(())
+}
+
+/// A line chart as SVG: the first series is drawn dashed grey (a bound).
+fn plot(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[&str],
+    points: &[Vec<(f64, f64)>],
+) -> Result<(), Error> {
+    use plotters::prelude::*;
+    let draw = || -> Result<(), Box<dyn std::error::Error>> {
+        let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let x_max = points.iter().flatten().map(|p| p.0).fold(1.0, f64::max);
+        let y_max = points.iter().flatten().map(|p| p.1).fold(1.0, f64::max) * 1.05;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
+        chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw()?;
+        let colors = [RGBColor(120, 120, 120), RED, BLUE, GREEN, MAGENTA, CYAN];
+        for (i, (name, pts)) in series.iter().zip(points).enumerate() {
+            let color = colors[i % colors.len()];
+            let style = ShapeStyle::from(&color).stroke_width(if i == 0 { 1 } else { 2 });
+            chart
+                .draw_series(LineSeries::new(pts.iter().copied(), style))?
+                .label(*name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| Error::Io {
+        context: format!("write of plot '{}'", path.display()),
+        errno: 0,
+        message: e.to_string(),
+    })
+}

@@ -1,0 +1,12 @@
+//! What the `layerpager` command is built from, apart from the pager itself:
+//! a policy simulator, synthetic llama-shaped models, demo workloads that run
+//! forward passes and measure them, and a seeded MoE routing generator. No
+//! engine needs any of this; the library crate `layerpager` carries only the
+//! pager.
+
+#![warn(missing_docs)]
+
+pub mod moe;
+pub mod sim;
+pub mod synth;
+pub mod workload;

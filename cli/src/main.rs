@@ -1,0 +1,149 @@
+//! `layerpager`: look at a model, pick a budget, see what the pager does.
+//!
+//! With no arguments it runs the demo on a synthetic llama-shaped model.
+//! Each subcommand lives in `cmd/`; what they share in `format.rs`.
+
+mod cmd;
+mod format;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use layerpager::Error;
+use layerpager_tools::moe::Routing;
+
+use cmd::bench::{bench, BenchArgs};
+use cmd::demo::demo;
+use cmd::inspect::inspect;
+use cmd::plan::{plan, plan_moe};
+use cmd::synth::synth;
+
+#[derive(Parser)]
+#[command(
+    name = "layerpager",
+    version,
+    about = "Page LLM weights under a RAM budget: inspect, bench, demo"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a llama-shaped model (~300 MB) to a temp dir and run forward
+    /// passes at half its size, with and without a declared schedule.
+    Demo {
+        /// Directory for the temporary model (default: the system temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Simulate forward passes over a model's real tensor sizes for each
+    /// budget and policy, without reading data: how much RAM buys how much
+    /// disk traffic. Prints a table and writes an SVG plot.
+    Plan {
+        /// The model file (GGUF or safetensors); not needed with --moe.
+        model: Option<PathBuf>,
+        /// Budgets: a range with a step (10%..100%, step 10%) or a list (25%,50%,4G).
+        #[arg(long, default_value = "10%..100%")]
+        budgets: String,
+        /// Forward passes (tokens) to simulate.
+        #[arg(long, default_value_t = 3)]
+        passes: u32,
+        /// Where to write the plot.
+        #[arg(long, default_value = "plan.svg")]
+        svg: PathBuf,
+        /// Simulate a Mixtral-shaped MoE model instead, with seeded routing.
+        #[arg(long)]
+        moe: bool,
+        /// MoE routing: Zipf exponent of expert popularity.
+        #[arg(long, default_value_t = 0.8)]
+        zipf: f64,
+        /// MoE routing: chance a token reuses the previous token's expert.
+        #[arg(long, default_value_t = 0.25)]
+        repeat: f64,
+        /// MoE routing: tokens to simulate.
+        #[arg(long, default_value_t = 400)]
+        tokens: usize,
+    },
+    /// Write a llama-shaped GGUF with random weights (for trying budgets).
+    Synth {
+        /// Where to write it.
+        out: PathBuf,
+        /// Number of blocks (9 is about 300 MB, 48 about 1.45 GB).
+        #[arg(long, default_value_t = 9)]
+        layers: u32,
+    },
+    /// Show a GGUF or safetensors model's metadata and tensors.
+    Inspect {
+        /// The model file.
+        model: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run forward passes over a real model under a budget, beside the seed
+    /// design and a raw pread of the same file.
+    Bench(BenchArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum PolicyArg {
+    Auto,
+    Lru,
+    Schedule,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum IoArg {
+    Pread,
+    Direct,
+    Mmap,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Demo { dir: None }) {
+        Command::Demo { dir } => demo(dir),
+        Command::Inspect { model, json } => inspect(&model, json),
+        Command::Synth { out, layers } => synth(&out, layers),
+        Command::Plan {
+            model,
+            budgets,
+            passes,
+            svg,
+            moe,
+            zipf,
+            repeat,
+            tokens,
+        } => {
+            if moe {
+                plan_moe(
+                    &budgets,
+                    &svg,
+                    Routing {
+                        zipf,
+                        repeat,
+                        ..Routing::default()
+                    },
+                    tokens,
+                )
+            } else {
+                match model {
+                    Some(m) => plan(&m, &budgets, passes, &svg),
+                    None => Err(Error::InvalidArgument("plan needs a MODEL (or --moe)".into())),
+                }
+            }
+        }
+        Command::Bench(args) => bench(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("layerpager: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! The C API's types and constants: options, the allocator and source
+//! callbacks, tensor descriptors and infos, acquisitions, stats, and the
+//! `PAGER_POLICY_*` / `PAGER_IO_*` values. Plain data, laid out for C.
+
+use std::ffi::{c_char, c_int, c_void};
+
+use crate::pager::Stats;
+
+/// Schedule-aware when the pass order is known or learned (default).
+pub const PAGER_POLICY_AUTO: u32 = 0;
+/// Least recently used.
+pub const PAGER_POLICY_LRU: u32 = 1;
+/// Furthest next use in the schedule given to `pager_set_schedule`.
+pub const PAGER_POLICY_SCHEDULE: u32 = 2;
+/// Positioned reads through the page cache (default).
+pub const PAGER_IO_PREAD: u32 = 0;
+/// Positioned reads with O_DIRECT, bypassing the page cache (falls back to
+/// plain reads where the file system refuses O_DIRECT).
+pub const PAGER_IO_DIRECT: u32 = 1;
+/// A read-only mapping; aligned tensors are handed out in place.
+pub const PAGER_IO_MMAP: u32 = 2;
+
+/// Memory for tensor buffers, e.g. pinned host memory from a GPU runtime.
+/// Both callbacks may be called from any thread, concurrently, for as long
+/// as a pager opened with them lives.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct pager_allocator_t {
+    /// Passed back to both callbacks.
+    pub user_data: *mut c_void,
+    /// Returns `size` bytes aligned to `alignment`, or NULL.
+    pub alloc:
+        Option<unsafe extern "C" fn(user_data: *mut c_void, size: usize, alignment: usize) -> *mut c_void>,
+    /// Frees a block returned by `alloc`, with its size.
+    pub free: Option<unsafe extern "C" fn(user_data: *mut c_void, ptr: *mut c_void, size: usize)>,
+}
+
+/// Options of a pager. Always start from `pager_options_default`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct pager_options_t {
+    /// Set by `pager_options_default` to `sizeof(pager_options_t)`: later
+    /// versions append fields and read only what the caller's struct holds.
+    pub struct_size: u32,
+    /// Budget for resident tensor bytes; 0 = unlimited.
+    pub budget_bytes: u64,
+    /// `PAGER_POLICY_AUTO` (default), `PAGER_POLICY_LRU`, `PAGER_POLICY_SCHEDULE`.
+    pub policy: u32,
+    /// `PAGER_IO_PREAD` (default), `PAGER_IO_DIRECT`, `PAGER_IO_MMAP`.
+    pub io_mode: u32,
+    /// Background reader threads that read ahead along the schedule and
+    /// serve `pager_prefetch`; 0 = no background reads. Default 2.
+    pub prefetch_threads: u32,
+    /// Alignment of every tensor's data pointer, a power of two; default 64.
+    pub alignment: u32,
+    /// How long an acquire waits for in-use budget to be released (0 = fail
+    /// at once), and, when not 0, the longest it waits for another thread's
+    /// read of the same tensor (a stalled source) before PAGER_ERR_TIMEOUT.
+    pub wait_ms: u32,
+    /// Allocator for tensor buffers; NULL = built-in aligned allocator. The
+    /// struct is copied at open.
+    pub allocator: *const pager_allocator_t,
+}
+
+/// One entry of a tensor table for sources that are not GGUF / safetensors.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct pager_tensor_desc_t {
+    /// NUL-terminated UTF-8 name; copied at open.
+    pub name: *const c_char,
+    /// Absolute offset in the source, bytes.
+    pub offset: u64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A byte source the engine implements (network, object store, archive).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct pager_source_t {
+    /// Passed back to the callbacks.
+    pub user_data: *mut c_void,
+    /// Total size in bytes.
+    pub size: u64,
+    /// Fills `dst` with `len` bytes at `offset`; returns 0, or an errno.
+    /// Called from any thread, concurrently.
+    pub read_at: Option<
+        unsafe extern "C" fn(user_data: *mut c_void, offset: u64, dst: *mut c_void, len: usize) -> c_int,
+    >,
+    /// Called once when the pager is freed; may be NULL.
+    pub destroy: Option<unsafe extern "C" fn(user_data: *mut c_void)>,
+}
+
+/// What a tensor is and where it lives.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct pager_tensor_info_t {
+    /// NUL-terminated name; valid while the pager lives.
+    pub name: *const c_char,
+    /// Absolute offset in the source, bytes.
+    pub offset: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// GGUF tensor type id, or UINT32_MAX if none.
+    pub ggml_type: u32,
+    /// Number of dimensions (at most 4; extra outer safetensors dimensions
+    /// are folded into `dims[3]`).
+    pub n_dims: u32,
+    /// Dimensions, as stored in the file (innermost first for GGUF); unused ones are 1.
+    pub dims: [u64; 4],
+}
+
+/// An acquisition. Plain data: `data`/`size` are read directly. While it is
+/// held, the tensor stays resident and its bytes count against the budget.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct pager_tensor_t {
+    /// The tensor's bytes, aligned to `opts.alignment`; valid until this
+    /// acquisition is released (even after `pager_close`).
+    pub data: *const c_void,
+    /// Size in bytes.
+    pub size: u64,
+    /// Tensor id.
+    pub id: u32,
+    /// Opaque; identifies this one acquisition.
+    pub ticket: u64,
+}
+
+/// Counters and gauges of a pager.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct pager_stats_t {
+    /// Acquisitions served from memory without waiting for a read.
+    pub hits: u64,
+    /// Acquisitions that had to read the tensor or wait for its read.
+    pub misses: u64,
+    /// Hits on a tensor brought in by a prefetch and not used before.
+    pub prefetch_hits: u64,
+    /// Tensors evicted to make room.
+    pub evictions: u64,
+    /// Bytes read from the source for tensors.
+    pub bytes_read: u64,
+    /// Bytes held against the budget now: buffers of tensors being read,
+    /// idle, pinned or in use (O_DIRECT rounds them to pages; reuse may leave
+    /// one up to a quarter larger than its tensor), and freed buffers kept
+    /// for reuse. Never more than the budget.
+    pub resident_bytes: u64,
+    /// Tensors resident now.
+    pub resident_count: u64,
+    /// Highest `resident_bytes` seen.
+    pub peak_resident_bytes: u64,
+    /// Sizes of the pinned tensors.
+    pub pinned_bytes: u64,
+    /// Sizes of the tensors with acquisitions outstanding.
+    pub in_use_bytes: u64,
+    /// The budget; 0 = unlimited.
+    pub budget_bytes: u64,
+    /// Nanoseconds spent reading tensors.
+    pub read_ns: u64,
+    /// Nanoseconds callers spent waiting for another thread's read of the
+    /// same tensor or for budget (their own reads are in `read_ns`).
+    pub wait_ns: u64,
+}
+
+impl From<Stats> for pager_stats_t {
+    fn from(s: Stats) -> Self {
+        pager_stats_t {
+            hits: s.hits,
+            misses: s.misses,
+            prefetch_hits: s.prefetch_hits,
+            evictions: s.evictions,
+            bytes_read: s.bytes_read,
+            resident_bytes: s.resident_bytes,
+            resident_count: s.resident_count,
+            peak_resident_bytes: s.peak_resident_bytes,
+            pinned_bytes: s.pinned_bytes,
+            in_use_bytes: s.in_use_bytes,
+            budget_bytes: s.budget_bytes,
+            read_ns: s.read_ns,
+            wait_ns: s.wait_ns,
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! The budget: charges, eviction (the policy chooses, this file evicts),
+//! the pool of freed buffers kept for reuse (inside the budget), and the
+//! threads that wait for room. A demand always gets back the budget that
+//! read-aheads hold; `PAGER_ERR_BUDGET` means pinned and in-use bytes leave
+//! no room.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::loads::Intent;
+use super::slot::{
+    self, in_use_of, state_of, Residence, ABSENT, EVICTING, LOADING, PINNED, PREFETCHED, RESIDENT,
+};
+use super::Inner;
+use crate::error::{Error, Result};
+use crate::source::TensorBuffer;
+
+/// How often a thread waiting for budget looks again even if nobody woke it.
+const BUDGET_WAIT_POLL: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Default)]
+pub(super) struct EvictState {
+    /// Bytes charged to tensors (loading or resident).
+    pub(super) resident_bytes: u64,
+    /// Freed tensor buffers kept for reuse, so that a steady sweep does not
+    /// page-fault fresh memory; they count against the budget too.
+    pub(super) pool: Vec<TensorBuffer>,
+    pub(super) pooled_bytes: u64,
+    /// Highest `resident_bytes + pooled_bytes` seen.
+    pub(super) peak_resident_bytes: u64,
+    pub(super) evictions: u64,
+}
+
+impl EvictState {
+    pub(super) fn held(&self) -> u64 {
+        self.resident_bytes + self.pooled_bytes
+    }
+
+    /// Takes a pooled buffer for a tensor of `len` bytes and returns it with
+    /// its new size, if the held bytes stay within `budget` (0: unlimited).
+    /// A buffer of the same size (within a quarter) is taken as it is;
+    /// otherwise a mapped buffer is shrunk or grown to `len`, which keeps
+    /// its faulted-in pages: the smallest one that is large enough, else the
+    /// largest.
+    pub(super) fn take_buffer(&mut self, len: u64, budget: u64) -> Option<TensorBuffer> {
+        let fits = |b: &TensorBuffer| (b.len() as u64) >= len && (b.len() as u64) <= len + len / 4;
+        if let Some(i) = self.pool.iter().position(fits) {
+            let b = self.pool.swap_remove(i);
+            self.pooled_bytes -= b.len() as u64;
+            return Some(b);
+        }
+        let resizable = || self.pool.iter().enumerate().filter(|(_, b)| b.is_resizable());
+        let i = resizable()
+            .filter(|(_, b)| b.len() as u64 >= len)
+            .min_by_key(|(_, b)| b.len())
+            .or_else(|| resizable().max_by_key(|(_, b)| b.len()))
+            .map(|(i, _)| i)?;
+        let growth = len.saturating_sub(self.pool[i].len() as u64);
+        if budget != 0 && self.held() + growth > budget {
+            return None;
+        }
+        let mut b = self.pool.swap_remove(i);
+        self.pooled_bytes -= b.len() as u64;
+        if !b.resize(len as usize) {
+            // The OS refused: the buffer goes back, the caller allocates.
+            self.pooled_bytes += b.len() as u64;
+            self.pool.push(b);
+            return None;
+        }
+        Some(b)
+    }
+
+    /// Frees the oldest pooled buffer; false if the pool is empty.
+    pub(super) fn free_one(&mut self) -> bool {
+        if self.pool.is_empty() {
+            return false;
+        }
+        let b = self.pool.remove(0);
+        self.pooled_bytes -= b.len() as u64;
+        true
+    }
+}
+
+impl Inner {
+    /// Gives back the charge of a load that failed, and wakes whoever waits
+    /// for room.
+    pub(super) fn uncharge(&self, id: u32) {
+        let mut g = self.lock_evict();
+        g.resident_bytes -= self.slot_unchecked(id).charge.swap(0, Ordering::Relaxed);
+        drop(g);
+        self.wake_budget_waiters();
+    }
+
+    pub(super) fn wake_budget_waiters(&self) {
+        // Pairs with the waiter's register-then-recheck: either it sees what
+        // this thread changed, or this thread sees it registered.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.budget_waiters.load(Ordering::SeqCst) > 0 {
+            let _g = self.lock_evict();
+            self.budget_freed.notify_all();
+        }
+    }
+
+    /// Charges `charge` bytes for `id` to the budget, evicting idle tensors
+    /// as the policy chooses. With `wants_buffer`, returns a pooled buffer to
+    /// reuse when one fits (the slot is then charged its capacity).
+    ///
+    /// A demand (acquire, pin) that finds no room waits for read-aheads in
+    /// flight, whatever `wait_ms` says: each gives its budget back the moment
+    /// it ends (as an idle tensor to evict), and while a demand waits no
+    /// read-ahead takes budget. Only when pinned, in-use and demand-loading
+    /// tensors hold the room does it wait up to `wait_ms` for a release, or
+    /// fail with [`Error::Budget`]. A read-ahead (`Intent::Prefetch`) never
+    /// waits, never charges while a demand waits, and evicts only tensors
+    /// needed later than the one it loads.
+    pub(super) fn reserve(
+        &self,
+        id: u32,
+        charge: u64,
+        intent: Intent,
+        wants_buffer: bool,
+    ) -> Result<Option<TensorBuffer>> {
+        let mut g = self.lock_evict();
+        let readahead = intent == Intent::Prefetch;
+        let deadline = Instant::now() + Duration::from_millis(self.wait_ms as u64);
+        let mut waited: Option<Instant> = None;
+        let mut registered = false;
+        let result = loop {
+            if let Err(e) = self.check_open() {
+                break Err(e);
+            }
+            let budget = self.budget.load(Ordering::Relaxed);
+            if budget != 0 && charge > budget {
+                break Err(Error::Budget(format!(
+                    "{} needs {charge} bytes, more than the whole budget of {budget} bytes",
+                    self.label(id)
+                )));
+            }
+            if readahead && self.demands_waiting.load(Ordering::SeqCst) > 0 {
+                break Err(Error::Budget(format!(
+                    "read-ahead of {} yields to a waiting acquire",
+                    self.label(id)
+                )));
+            }
+            if wants_buffer {
+                if let Some(buffer) = g.take_buffer(charge, budget) {
+                    // Moves from the pool to the tensor: the total is unchanged.
+                    break Ok((buffer.len() as u64, Some(buffer)));
+                }
+            }
+            if budget == 0 || g.held() + charge <= budget {
+                break Ok((charge, None));
+            }
+            if g.resident_bytes + charge > budget {
+                if self.evict_one_for(&mut g, id, readahead.then_some(id)) {
+                    continue;
+                }
+            } else if g.free_one() {
+                continue;
+            }
+            if readahead {
+                break Err(Error::Budget(self.budget_report(&g, id, charge, budget)));
+            }
+            // A read-ahead in flight is a guess holding a demand's room: wait
+            // for it to end, bounded by its read, not by wait_ms.
+            let readaheads_in_flight = self.readahead_bytes_in_flight() > 0;
+            let now = Instant::now();
+            if !readaheads_in_flight {
+                if self.wait_ms == 0 {
+                    break Err(Error::Budget(self.budget_report(&g, id, charge, budget)));
+                }
+                if now >= deadline {
+                    break Err(Error::Timeout {
+                        waited_ms: self.wait_ms as u64,
+                        detail: self.budget_report(&g, id, charge, budget),
+                    });
+                }
+            }
+            if !registered {
+                self.budget_waiters.fetch_add(1, Ordering::SeqCst);
+                self.demands_waiting.fetch_add(1, Ordering::SeqCst);
+                registered = true;
+                // Re-check after registering: a release or a read-ahead that
+                // ended just before did not see us waiting.
+                continue;
+            }
+            waited.get_or_insert(now);
+            // Wake-ups are the normal way out; the poll interval is a safety net.
+            let mut limit = BUDGET_WAIT_POLL;
+            if !readaheads_in_flight {
+                limit = limit.min(deadline - now);
+            }
+            g = self
+                .budget_freed
+                .wait_timeout(g, limit)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        };
+        if registered {
+            self.budget_waiters.fetch_sub(1, Ordering::SeqCst);
+            self.demands_waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+        if let Some(t) = waited {
+            self.wait_ns
+                .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        }
+        let (charged, buffer) = result?;
+        g.resident_bytes += charged;
+        g.peak_resident_bytes = g.peak_resident_bytes.max(g.held());
+        self.slot_unchecked(id).charge.store(charged, Ordering::Relaxed);
+        Ok(buffer)
+    }
+
+    /// Bytes charged to read-aheads still being read. Called under the
+    /// eviction mutex (charges change only there).
+    pub(super) fn readahead_bytes_in_flight(&self) -> u64 {
+        self.slots
+            .iter()
+            .filter(|s| {
+                let w = s.load_word();
+                state_of(w) == LOADING && w & PREFETCHED != 0
+            })
+            .map(|s| s.charge.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    pub(super) fn budget_report(&self, g: &EvictState, id: u32, charge: u64, budget: u64) -> String {
+        let (mut pinned, mut in_use, mut loading) = (0u64, 0u64, 0u64);
+        for s in self.slots.iter() {
+            let w = s.load_word();
+            let c = s.charge.load(Ordering::Relaxed);
+            if w & PINNED != 0 {
+                pinned += c;
+            } else if in_use_of(w) > 0 {
+                in_use += c;
+            } else if state_of(w) == LOADING {
+                loading += c;
+            }
+        }
+        format!(
+            "{} needs {charge} bytes; budget {budget} bytes has {} charged: {pinned} pinned, {in_use} in use, {loading} being read",
+            self.label(id),
+            g.resident_bytes
+        )
+    }
+
+    /// Evicts the policy's victim among idle unpinned tensors other than
+    /// `exclude`; with `incoming`, only one needed later than it. Returns
+    /// whether something was evicted. Called with the eviction mutex held.
+    pub(super) fn evict_one_for(&self, g: &mut EvictState, exclude: u32, incoming: Option<u32>) -> bool {
+        loop {
+            let mut candidates = self.slots.iter().enumerate().filter_map(|(i, s)| {
+                let w = s.load_word();
+                let idle = state_of(w) == RESIDENT
+                    && in_use_of(w) == 0
+                    && w & PINNED == 0
+                    && s.waiters.load(Ordering::SeqCst) == 0;
+                (idle && i as u32 != exclude).then_some(i as u32)
+            });
+            let Some(victim) = self.policy.choose_victim(&mut candidates, incoming) else {
+                return false;
+            };
+            // A victim acquired since the scan is skipped; choose again.
+            if self.evict_one(g, victim) {
+                return true;
+            }
+        }
+    }
+
+    /// Evicts idle tensors and frees pooled buffers until at most `target`
+    /// bytes are held or nothing more can go.
+    pub(super) fn evict_down(&self, g: &mut EvictState, target: u64) {
+        while g.held() > target {
+            if !g.free_one() && !self.evict_one_for(g, u32::MAX, None) {
+                return;
+            }
+        }
+    }
+
+    /// Evicts `id` if it is still idle; returns whether it did.
+    pub(super) fn evict_one(&self, g: &mut EvictState, id: u32) -> bool {
+        let slot = self.slot_unchecked(id);
+        let w = slot.load_word();
+        if state_of(w) != RESIDENT || in_use_of(w) != 0 || w & PINNED != 0 {
+            return false;
+        }
+        if slot
+            .word
+            .compare_exchange(
+                w,
+                (w & !PREFETCHED & !slot::STATE_MASK) | EVICTING,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            return false;
+        }
+        let mut sync = slot.lock();
+        let residence = sync.residence.take();
+        slot.data.store(std::ptr::null_mut(), Ordering::Release);
+        let charge = slot.charge.swap(0, Ordering::Relaxed);
+        g.resident_bytes -= charge;
+        g.evictions += 1;
+        let w = slot.load_word();
+        slot.word
+            .store((w & !slot::STATE_MASK) | ABSENT, Ordering::Release);
+        drop(sync);
+        slot.changed.notify_all();
+        match residence {
+            Some(Residence::Mapped) => {
+                let info = slot.info();
+                self.source.advise_dontneed(info.offset, info.size);
+            }
+            Some(Residence::Owned(buffer)) => {
+                // Kept for the next load of the same size; still charged.
+                g.pooled_bytes += buffer.len() as u64;
+                g.pool.push(buffer);
+            }
+            Some(Residence::Empty) | None => {}
+        }
+        true
+    }
+
+    pub(super) fn set_budget(&self, budget: u64) -> Result<()> {
+        self.check_open()?;
+        let mut g = self.lock_evict();
+        if budget != 0 && g.held() > budget {
+            self.evict_down(&mut g, budget);
+            if g.held() > budget {
+                return Err(Error::Budget(format!(
+                    "cannot shrink the budget to {budget} bytes: {} bytes are pinned, in use or being read",
+                    g.resident_bytes
+                )));
+            }
+        }
+        self.budget.store(budget, Ordering::Relaxed);
+        self.budget_freed.notify_all();
+        Ok(())
+    }
+}

@@ -1,0 +1,363 @@
+//! [`Pager`]: the public face of the resident set. Opening a file, the
+//! calls an engine makes, slices and schedules; the work is done by the
+//! files beside this one.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use super::acquisitions::{random_salt, Acquisition, TicketedAcquisition};
+use super::budget::EvictState;
+use super::options::{PagerOptions, Stats};
+use super::slot::{in_use_of, Slot};
+use super::Inner;
+use crate::error::{Error, Result};
+use crate::index::{self, TensorIndex, TensorInfo};
+use crate::policy;
+use crate::prefetch::{self, Prefetcher};
+use crate::segvec::SegVec;
+use crate::source::{ByteSource, FileSource, IoMode, MmapSource};
+
+/// A pager: tensors of one source under one byte budget.
+///
+/// All methods take `&self` and are safe to call from many threads at once.
+pub struct Pager {
+    pub(super) inner: Arc<Inner>,
+    prefetcher: Mutex<Option<Prefetcher>>,
+}
+
+impl std::fmt::Debug for Pager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pager")
+            .field("tensors", &self.inner.slots.len())
+            .field("source", &self.inner.source.describe())
+            .finish()
+    }
+}
+
+impl Pager {
+    /// Opens a GGUF file.
+    pub fn open_gguf(path: impl AsRef<Path>, options: PagerOptions) -> Result<Pager> {
+        let source = open_file_source(path.as_ref(), options.io_mode)?;
+        let index = index::gguf::parse(source.as_ref())?;
+        Self::with_source(source, index, options)
+    }
+
+    /// Opens a safetensors file.
+    pub fn open_safetensors(path: impl AsRef<Path>, options: PagerOptions) -> Result<Pager> {
+        let source = open_file_source(path.as_ref(), options.io_mode)?;
+        let index = index::safetensors::parse(source.as_ref())?;
+        Self::with_source(source, index, options)
+    }
+
+    /// Opens any file with an explicit (name, offset, size) table.
+    pub fn open_table<S: AsRef<str>>(
+        path: impl AsRef<Path>,
+        table: &[(S, u64, u64)],
+        options: PagerOptions,
+    ) -> Result<Pager> {
+        let source = open_file_source(path.as_ref(), options.io_mode)?;
+        let index = TensorIndex::from_table(table, source.size())?;
+        Self::with_source(source, index, options)
+    }
+
+    /// A pager over any source and an index validated against it.
+    pub fn with_source(
+        source: Box<dyn ByteSource>,
+        index: TensorIndex,
+        options: PagerOptions,
+    ) -> Result<Pager> {
+        options.validate()?;
+        if index.source_size() > source.size() {
+            return Err(Error::InvalidArgument(format!(
+                "index was built for {} bytes but {} has {}",
+                index.source_size(),
+                source.describe(),
+                source.size()
+            )));
+        }
+        let n = index.len();
+        let largest_tensor = index.tensors().iter().map(|t| t.size).max().unwrap_or(0);
+        let inner = Arc::new(Inner {
+            slots: new_slots(&index)?,
+            grow: Mutex::new(()),
+            policy: policy::build(options.policy, n),
+            index,
+            source,
+            alignment: options.alignment,
+            wait_ms: options.wait_ms,
+            allocator: options.allocator.clone(),
+            budget: AtomicU64::new(options.budget_bytes),
+            evict: Mutex::new(EvictState::default()),
+            budget_freed: Condvar::new(),
+            budget_waiters: AtomicUsize::new(0),
+            demands_waiting: AtomicUsize::new(0),
+            pass_started: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            misses: AtomicU64::new(0),
+            prefetch_hits: AtomicU64::new(0),
+            bytes_read: AtomicU64::new(0),
+            read_ns: AtomicU64::new(0),
+            wait_ns: AtomicU64::new(0),
+            largest_tensor,
+            ticket_salt: random_salt(),
+            overflow_leases: Mutex::new(HashMap::new()),
+            next_overflow: AtomicU64::new(0),
+            readers: (options.prefetch_threads > 0).then(|| Arc::new(prefetch::Shared::default())),
+        });
+        if inner
+            .index
+            .tensors()
+            .iter()
+            .any(|t| index::block_of(&t.name).is_some())
+        {
+            inner.policy.guess_schedule(&inner.index.forward_order());
+        }
+        let prefetcher = match &inner.readers {
+            Some(shared) => Some(Prefetcher::start(
+                Arc::clone(&inner) as Arc<dyn prefetch::ReadAheadTarget>,
+                Arc::clone(shared),
+                options.prefetch_threads,
+            )?),
+            None => None,
+        };
+        Ok(Pager {
+            inner,
+            prefetcher: Mutex::new(prefetcher),
+        })
+    }
+
+    /// The tensor table.
+    pub fn index(&self) -> &TensorIndex {
+        &self.inner.index
+    }
+
+    /// Number of tensors.
+    pub fn tensor_count(&self) -> usize {
+        self.inner.slots.len()
+    }
+
+    /// The id of the tensor named `name`.
+    pub fn find(&self, name: &str) -> Result<u32> {
+        self.inner.check_open()?;
+        self.inner.index.find(name).ok_or_else(|| Error::NotFound {
+            name: name.to_owned(),
+        })
+    }
+
+    /// The tensor `id`'s description.
+    pub fn info(&self, id: u32) -> Result<&TensorInfo> {
+        self.inner.check_open()?;
+        self.inner.info(id)
+    }
+
+    /// Acquires tensor `id`: reads it if it is not resident, and keeps it
+    /// resident until the returned guard is dropped.
+    pub fn acquire(&self, id: u32) -> Result<Acquisition<'_>> {
+        let (data, size) = self.inner.acquire(id)?;
+        Ok(Acquisition {
+            pager: self,
+            id,
+            data,
+            size: size as usize,
+        })
+    }
+
+    /// Acquires a tensor by name.
+    pub fn acquire_by_name(&self, name: &str) -> Result<Acquisition<'_>> {
+        let id = self.find(name)?;
+        self.acquire(id)
+    }
+
+    /// Acquires tensor `id` for a caller that releases by ticket.
+    pub fn acquire_ticket(&self, id: u32) -> Result<TicketedAcquisition> {
+        self.inner.acquire_ticket(id)
+    }
+
+    /// Releases an acquisition made by [`Pager::acquire_ticket`]. A ticket
+    /// already released, a stale copy, or a forged one is
+    /// [`Error::InvalidHandle`] and changes nothing.
+    pub fn release_ticket(&self, id: u32, ticket: u64) -> Result<()> {
+        self.inner.release_ticket(id, ticket)
+    }
+
+    /// Loads tensor `id` now and keeps it resident until [`Pager::unpin`].
+    /// Pinning a pinned tensor changes nothing.
+    pub fn pin(&self, id: u32) -> Result<()> {
+        self.inner.pin(id)
+    }
+
+    /// Lets tensor `id` be evicted again. Unpinning a tensor that is not
+    /// pinned is [`Error::InvalidArgument`].
+    pub fn unpin(&self, id: u32) -> Result<()> {
+        self.inner.unpin(id)
+    }
+
+    /// Asks for tensor `id` to be read ahead of use. Never blocks: with
+    /// background readers it queues the read; without, it asks the OS to
+    /// start reading the range into the page cache.
+    pub fn prefetch(&self, id: u32) -> Result<()> {
+        self.inner.check_open()?;
+        let info = self.inner.info(id)?;
+        let queued = self.inner.readers.as_ref().is_some_and(|r| r.enqueue(id));
+        if !queued {
+            self.inner.source.advise_willneed(info.offset, info.size);
+        }
+        Ok(())
+    }
+
+    /// Makes bytes `offset..offset+size` of tensor `parent` a pageable unit
+    /// of its own and returns its id (ids of slices follow the file's
+    /// tensors). The slice is read, charged and evicted on its own; the
+    /// parent, if acquired, is read whole and charged separately.
+    pub fn add_slice(&self, parent: u32, offset: u64, size: u64) -> Result<u32> {
+        self.inner.check_open()?;
+        let p = self.inner.info(parent)?.clone();
+        let end = offset.checked_add(size).filter(|&e| e <= p.size);
+        if end.is_none() {
+            return Err(Error::OutOfBounds {
+                what: format!("slice of tensor {parent} '{}'", p.name),
+                offset,
+                size,
+                source_size: p.size,
+            });
+        }
+        let info = TensorInfo {
+            name: format!("{}[{offset}..{}]", p.name, offset + size),
+            offset: p.offset + offset,
+            size,
+            ggml_type: p.ggml_type,
+            dims: vec![size],
+            dtype: p.dtype.clone(),
+        };
+        self.inner.add_slots(parent, vec![info])
+    }
+
+    /// Splits a merged expert tensor (experts stacked on the outer
+    /// dimension) into `n_experts` equal slices; returns the first one's id,
+    /// expert `e` being `first + e`.
+    pub fn split_experts(&self, parent: u32, n_experts: u32) -> Result<u32> {
+        self.inner.check_open()?;
+        let p = self.inner.info(parent)?.clone();
+        if n_experts == 0 || p.size % n_experts as u64 != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "tensor {parent} '{}' of {} bytes does not split into {n_experts} equal experts",
+                p.name, p.size
+            )));
+        }
+        let each = p.size / n_experts as u64;
+        let mut dims = p.dims.clone();
+        if let Some(outer) = dims.last_mut() {
+            if *outer == n_experts as u64 {
+                *outer = 1;
+            }
+        }
+        let infos = (0..n_experts as u64)
+            .map(|e| TensorInfo {
+                name: format!("{}#{e}", p.name),
+                offset: p.offset + e * each,
+                size: each,
+                ggml_type: p.ggml_type,
+                dims: dims.clone(),
+                dtype: p.dtype.clone(),
+            })
+            .collect();
+        self.inner.add_slots(parent, infos)
+    }
+
+    /// Reads `ids` ahead now, in order (the router's choice for the coming
+    /// layers); as [`Pager::prefetch`] for each.
+    pub fn hint(&self, ids: &[u32]) -> Result<()> {
+        self.inner.check_open()?;
+        for &id in ids {
+            self.inner.info(id)?;
+        }
+        for &id in ids {
+            self.prefetch(id)?;
+        }
+        Ok(())
+    }
+
+    /// Declares the order in which a pass touches tensors.
+    pub fn set_schedule(&self, ids: &[u32]) -> Result<()> {
+        self.inner.check_open()?;
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.inner.slots.len()) {
+            return Err(Error::InvalidArgument(format!(
+                "schedule names tensor id {bad} but there are {} tensors",
+                self.inner.slots.len()
+            )));
+        }
+        self.inner.policy.set_schedule(ids);
+        Ok(())
+    }
+
+    /// Changes the budget; a smaller budget evicts down to it now. Fails with
+    /// [`Error::Budget`] (keeping the old budget) when pinned, in-use and
+    /// loading tensors alone exceed the new one.
+    pub fn set_budget(&self, budget_bytes: u64) -> Result<()> {
+        self.inner.set_budget(budget_bytes)
+    }
+
+    /// The pager's counters.
+    pub fn stats(&self) -> Stats {
+        self.inner.stats()
+    }
+
+    /// Number of acquisitions outstanding.
+    pub fn outstanding(&self) -> u64 {
+        self.inner.slots.iter().map(|s| in_use_of(s.load_word())).sum()
+    }
+
+    /// Refuses every later call except releases, wakes waiters, and stops
+    /// the background readers. Acquisitions outstanding stay valid.
+    pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        {
+            let _g = self.inner.lock_evict();
+            self.inner.budget_freed.notify_all();
+        }
+        if let Some(mut p) = self.lock_prefetcher().take() {
+            p.stop();
+        }
+    }
+
+    /// Whether [`Pager::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::SeqCst)
+    }
+
+    /// Checks every accounting rule; returns what is broken. Meant for tests,
+    /// which call it after every step, and for debug builds.
+    pub fn check_invariants(&self) -> std::result::Result<(), String> {
+        self.inner.check_invariants()
+    }
+
+    fn lock_prefetcher(&self) -> MutexGuard<'_, Option<Prefetcher>> {
+        self.prefetcher.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for Pager {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn new_slots(index: &TensorIndex) -> Result<SegVec<Slot>> {
+    let slots = SegVec::new(Slot::new);
+    slots
+        .grow_to(index.len(), |i, slot| slot.set_info(index.tensors()[i].clone()))
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!("{} tensors is more than a pager holds", index.len()))
+        })?;
+    Ok(slots)
+}
+
+fn open_file_source(path: &Path, mode: IoMode) -> Result<Box<dyn ByteSource>> {
+    Ok(match mode {
+        IoMode::Pread => Box::new(FileSource::open(path)?),
+        IoMode::Direct => Box::new(FileSource::open_direct(path)?),
+        IoMode::Mmap => Box::new(MmapSource::open(path)?),
+    })
+}

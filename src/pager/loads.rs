@@ -1,0 +1,306 @@
+//! The miss path: single-flight loads (one read however many threads miss
+//! the same tensor), their failures (reported to every waiter), the read
+//! itself, and pins.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::slot::{
+    self, in_use_of, state_of, Residence, ABSENT, EVICTING, IN_USE_MAX, IN_USE_ONE, LOADING, PINNED,
+    PREFETCHED, RESIDENT,
+};
+use super::Inner;
+use crate::error::{Error, Result};
+use crate::index::TensorInfo;
+use crate::source::{self, TensorBuffer};
+
+/// What a load is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Intent {
+    Acquire,
+    Pin,
+    Prefetch,
+}
+
+impl Inner {
+    /// The miss path: make `id` resident for `intent`, reading it at most
+    /// once however many threads ask at the same time.
+    pub(super) fn load(&self, id: u32, intent: Intent) -> Result<()> {
+        let slot = self.slot_unchecked(id);
+        let started = Instant::now();
+        let mut waiting = false;
+        let result = loop {
+            if let Err(e) = self.check_open() {
+                break Err(e);
+            }
+            let w = slot.load_word();
+            match state_of(w) {
+                RESIDENT => {
+                    let done = match intent {
+                        Intent::Acquire => match slot.try_acquire_resident(false) {
+                            Some(prev) => {
+                                if prev & PREFETCHED != 0 {
+                                    self.prefetch_hits.fetch_add(1, Ordering::Relaxed);
+                                }
+                                true
+                            }
+                            None => false,
+                        },
+                        Intent::Pin => slot
+                            .word
+                            .compare_exchange(w, w | PINNED, Ordering::AcqRel, Ordering::Acquire)
+                            .is_ok(),
+                        Intent::Prefetch => true,
+                    };
+                    if done {
+                        break Ok(());
+                    }
+                    if in_use_of(w) == IN_USE_MAX {
+                        break Err(Error::Budget(format!(
+                            "{}: {IN_USE_MAX} acquisitions outstanding, the most one tensor can have",
+                            self.label(id)
+                        )));
+                    }
+                }
+                ABSENT => {
+                    if slot
+                        .word
+                        .compare_exchange(
+                            w,
+                            (w & !(PINNED | PREFETCHED))
+                                | LOADING
+                                | if intent == Intent::Prefetch { PREFETCHED } else { 0 },
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        )
+                        .is_ok()
+                    {
+                        break self.read_into_slot(id, intent);
+                    }
+                }
+                _ => {
+                    // LOADING or EVICTING: wait for the transition to end.
+                    if intent == Intent::Prefetch {
+                        break Ok(());
+                    }
+                    if intent == Intent::Acquire && !waiting {
+                        self.poke_readers();
+                    }
+                    let mut sync = slot.lock();
+                    let generation = sync.load_generation;
+                    // While someone waits for it, the tensor is not a victim
+                    // (the policy already counts it as just used).
+                    if !waiting {
+                        slot.waiters.fetch_add(1, Ordering::SeqCst);
+                    }
+                    waiting = true;
+                    // A read that stalls (a hung network source, a dying
+                    // disk) holds its waiters at most wait_ms, when set.
+                    let deadline =
+                        (self.wait_ms > 0).then(|| started + Duration::from_millis(self.wait_ms as u64));
+                    let mut timed_out = false;
+                    let wait_started = Instant::now();
+                    while matches!(state_of(slot.load_word()), LOADING | EVICTING) {
+                        sync = match deadline {
+                            None => slot.changed.wait(sync).unwrap_or_else(|e| e.into_inner()),
+                            Some(d) => {
+                                let now = Instant::now();
+                                if now >= d {
+                                    timed_out = true;
+                                    break;
+                                }
+                                slot.changed
+                                    .wait_timeout(sync, d - now)
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .0
+                            }
+                        };
+                    }
+                    // Only time spent waiting on another thread's read is
+                    // waiting; an acquirer's own read is read_ns, and budget
+                    // waits are counted where they happen.
+                    self.wait_ns
+                        .fetch_add(wait_started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    if timed_out {
+                        break Err(Error::Timeout {
+                            waited_ms: self.wait_ms as u64,
+                            detail: format!("{} is still being read", self.label(id)),
+                        });
+                    }
+                    if let Some((g, err)) = &sync.failure {
+                        if *g == generation + 1 && state_of(slot.load_word()) == ABSENT {
+                            break Err(err.clone());
+                        }
+                    }
+                }
+            }
+        };
+        if waiting {
+            slot.waiters.fetch_sub(1, Ordering::SeqCst);
+        }
+        result
+    }
+
+    /// Owner of a LOADING slot: reserve budget, read, publish.
+    pub(super) fn read_into_slot(&self, id: u32, intent: Intent) -> Result<()> {
+        let slot = self.slot_unchecked(id);
+        let info = slot.info();
+        let outcome = self.reserve_and_read(id, info, intent);
+        let mut sync = slot.lock();
+        sync.load_generation += 1;
+        let result = match outcome {
+            Ok((residence, data, charge)) => {
+                sync.residence = Some(residence);
+                sync.failure = None;
+                slot.data.store(data, Ordering::Release);
+                debug_assert_eq!(slot.charge.load(Ordering::Relaxed), charge);
+                let mut word = RESIDENT;
+                match intent {
+                    Intent::Acquire => word += IN_USE_ONE,
+                    Intent::Pin => word |= PINNED,
+                    Intent::Prefetch => word |= PREFETCHED,
+                }
+                // Keep the hit counter bits of the word.
+                let hits = slot.load_word() & slot::HITS_MASK;
+                slot.word.store(word | hits, Ordering::Release);
+                Ok(())
+            }
+            Err(e) => {
+                // A read-ahead that did not fit is no verdict on the tensor:
+                // whoever waited for it reads it on its own.
+                sync.failure = (intent != Intent::Prefetch).then(|| (sync.load_generation, e.clone()));
+                let hits = slot.load_word() & slot::HITS_MASK;
+                slot.word.store(ABSENT | hits, Ordering::Release);
+                Err(e)
+            }
+        };
+        drop(sync);
+        slot.changed.notify_all();
+        if intent == Intent::Prefetch {
+            // Its budget is now an idle tensor's (or free): a demand waiting
+            // for it can take it.
+            self.wake_budget_waiters();
+        }
+        result
+    }
+
+    pub(super) fn reserve_and_read(
+        &self,
+        id: u32,
+        info: &TensorInfo,
+        intent: Intent,
+    ) -> Result<(Residence, *mut u8, u64)> {
+        if info.size == 0 {
+            // Nothing to hold or read: no buffer, no charge, an aligned
+            // pointer that is never dereferenced.
+            self.reserve(id, 0, intent, false)?;
+            return Ok((Residence::Empty, self.alignment as *mut u8, 0));
+        }
+        let mapped = self
+            .source
+            .mapped()
+            .filter(|m| (m.as_ptr() as usize + info.offset as usize) % self.alignment == 0);
+        let charge = match mapped {
+            Some(_) => info.size,
+            None => source::buffer_len_for(self.source.as_ref(), info.offset, info.size) as u64,
+        };
+        let reused = self.reserve(id, charge, intent, mapped.is_none())?;
+        if intent == Intent::Acquire {
+            // This demand holds its budget: the readers may look ahead now.
+            self.poke_readers();
+        }
+        let charge = self.slot_unchecked(id).charge.load(Ordering::Relaxed);
+        let read = move || -> Result<(Residence, *mut u8)> {
+            self.source.verify_unchanged()?;
+            let started = Instant::now();
+            let out = if let Some(map) = mapped {
+                self.source.advise_willneed(info.offset, info.size);
+                let bytes = &map[info.offset as usize..(info.offset + info.size) as usize];
+                touch_pages(bytes);
+                (Residence::Mapped, bytes.as_ptr() as *mut u8)
+            } else {
+                let align = self.alignment.max(self.source.direct_alignment().unwrap_or(1));
+                let mut buffer = match reused {
+                    Some(b) => b,
+                    None => TensorBuffer::allocate(charge as usize, align, self.allocator.as_ref())?,
+                };
+                let data_offset = source::read_tensor(
+                    self.source.as_ref(),
+                    info.offset,
+                    info.size,
+                    self.alignment,
+                    buffer.as_mut_slice(),
+                )
+                .map_err(|e| annotate(e, &self.label(id)))?;
+                let data = buffer.as_mut_slice()[data_offset..].as_mut_ptr();
+                (Residence::Owned(buffer), data)
+            };
+            self.read_ns
+                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            self.bytes_read.fetch_add(info.size, Ordering::Relaxed);
+            Ok(out)
+        };
+        match read() {
+            Ok((residence, data)) => Ok((residence, data, charge)),
+            Err(e) => {
+                self.uncharge(id);
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) fn pin(&self, id: u32) -> Result<()> {
+        self.check_open()?;
+        self.slot(id)?;
+        self.load(id, Intent::Pin)
+    }
+
+    pub(super) fn unpin(&self, id: u32) -> Result<()> {
+        self.check_open()?;
+        let slot = self.slot(id)?;
+        let mut w = slot.load_word();
+        loop {
+            if w & PINNED == 0 {
+                return Err(Error::InvalidArgument(format!(
+                    "{} is not pinned",
+                    self.label(id)
+                )));
+            }
+            match slot
+                .word
+                .compare_exchange(w, w & !PINNED, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(cur) => w = cur,
+            }
+        }
+        self.wake_budget_waiters();
+        Ok(())
+    }
+}
+
+/// Adds which tensor was being read to an I/O error.
+fn annotate(e: Error, label: &str) -> Error {
+    match e {
+        Error::Io {
+            context,
+            errno,
+            message,
+        } => Error::Io {
+            context: format!("{label}: {context}"),
+            errno,
+            message,
+        },
+        other => other,
+    }
+}
+
+/// Faults in every page of a mapped range, so that a resident mapped tensor
+/// is resident in fact and its later use does not stall on the disk.
+fn touch_pages(bytes: &[u8]) {
+    let mut sum = 0u8;
+    for chunk in bytes.chunks(4096) {
+        sum = sum.wrapping_add(chunk[0]);
+    }
+    std::hint::black_box(sum);
+}

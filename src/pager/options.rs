@@ -1,0 +1,95 @@
+//! How a pager is set up ([`PagerOptions`]) and what it reports ([`Stats`]).
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::policy::PolicyKind;
+use crate::source::{Allocator, IoMode};
+
+/// How a pager is set up.
+#[derive(Debug, Clone)]
+pub struct PagerOptions {
+    /// Budget for resident tensor bytes; 0 means unlimited.
+    pub budget_bytes: u64,
+    /// Eviction policy.
+    pub policy: PolicyKind,
+    /// How file sources are read.
+    pub io_mode: IoMode,
+    /// Background reader threads; 0 means no background reads. Default 2.
+    pub prefetch_threads: u32,
+    /// Alignment of every tensor's data pointer (a power of two).
+    pub alignment: usize,
+    /// How long a miss waits for in-use budget to be released (0 fails at
+    /// once), and, when not 0, the longest it waits for another thread's read
+    /// of the same tensor before [`Error::Timeout`].
+    pub wait_ms: u32,
+    /// Allocator for tensor buffers; `None` uses the built-in one.
+    pub allocator: Option<Arc<Allocator>>,
+}
+
+impl Default for PagerOptions {
+    fn default() -> Self {
+        PagerOptions {
+            budget_bytes: 0,
+            policy: PolicyKind::Auto,
+            io_mode: IoMode::Pread,
+            prefetch_threads: 2,
+            alignment: 64,
+            wait_ms: 0,
+            allocator: None,
+        }
+    }
+}
+
+impl PagerOptions {
+    /// Checks the options: alignment a power of two up to 1 MiB, at most 64 threads.
+    pub fn validate(&self) -> Result<()> {
+        if self.alignment == 0 || !self.alignment.is_power_of_two() || self.alignment > (1 << 20) {
+            return Err(Error::InvalidArgument(format!(
+                "alignment {} is not a power of two between 1 and 1 MiB",
+                self.alignment
+            )));
+        }
+        if self.prefetch_threads > 64 {
+            return Err(Error::InvalidArgument(format!(
+                "prefetch_threads {} is more than 64",
+                self.prefetch_threads
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Counters and gauges of a pager, as in `pager_stats_t`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Acquisitions served from memory without waiting for a read.
+    pub hits: u64,
+    /// Acquisitions that had to read the tensor or wait for its read.
+    pub misses: u64,
+    /// Hits on a tensor brought in by a prefetch and not used before.
+    pub prefetch_hits: u64,
+    /// Tensors evicted to make room.
+    pub evictions: u64,
+    /// Bytes read from the source for tensors.
+    pub bytes_read: u64,
+    /// Bytes held against the budget now: tensors being read, idle, pinned
+    /// or in use (their buffers, which O_DIRECT rounds to pages and reuse
+    /// may leave up to a quarter larger), and freed buffers kept for reuse.
+    pub resident_bytes: u64,
+    /// Tensors resident now.
+    pub resident_count: u64,
+    /// Highest `resident_bytes` seen.
+    pub peak_resident_bytes: u64,
+    /// Sizes of the pinned tensors.
+    pub pinned_bytes: u64,
+    /// Sizes of the tensors with acquisitions outstanding.
+    pub in_use_bytes: u64,
+    /// The budget (0 = unlimited).
+    pub budget_bytes: u64,
+    /// Nanoseconds spent reading tensors.
+    pub read_ns: u64,
+    /// Nanoseconds callers spent waiting for another thread's read of the
+    /// same tensor or for budget (their own reads are `read_ns`).
+    pub wait_ns: u64,
+}
