@@ -222,6 +222,16 @@ pub(crate) fn one_line(message: &str) -> String {
     out
 }
 
+/// The OS's text for an errno, without the " (os error N)" that Rust adds:
+/// the message names the errno once, as "(errno N)".
+fn errno_text(errno: i32) -> String {
+    let text = std::io::Error::from_raw_os_error(errno).to_string();
+    match text.strip_suffix(&format!(" (os error {errno})")) {
+        Some(plain) => plain.to_owned(),
+        None => text,
+    }
+}
+
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -249,7 +259,7 @@ impl Error {
         Error::Io {
             context: context.into(),
             errno,
-            message: std::io::Error::from_raw_os_error(errno).to_string(),
+            message: errno_text(errno),
         }
     }
 
@@ -257,7 +267,7 @@ impl Error {
     pub fn from_io(context: impl Into<String>, err: &std::io::Error) -> Self {
         let errno = err.raw_os_error().unwrap_or(0);
         let message = match err.raw_os_error() {
-            Some(code) => std::io::Error::from_raw_os_error(code).to_string(),
+            Some(code) => errno_text(code),
             None => err.to_string(),
         };
         Error::Io {
@@ -298,6 +308,7 @@ mod tests {
         let text = e.to_string();
         assert!(text.contains("read of tensor 0 'a'"), "{text}");
         assert!(text.contains("errno 5"), "{text}");
+        assert!(!text.contains("os error"), "the errno is named once: {text}");
     }
 
     #[test]

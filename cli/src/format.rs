@@ -6,11 +6,18 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use layerpager::{Error, Pager, PagerOptions, TensorIndex};
+use layerpager::{shown, Error, Pager, PagerOptions, TensorIndex};
 
-/// Parses 123, 512K, 512M, 4G, 1.5T (binary units) or N% of `whole`.
+/// Parses a size: bytes (`123`), binary units (`512K`, `512M`, `4G`, `1.5T`,
+/// also written `512MiB`, `4GiB`), decimal units (`512MB`, `4GB`: powers of
+/// 1000, as disks are sold), or a share of `whole` (`40%`).
 pub(crate) fn parse_size(text: &str, whole: u64, flag: &str) -> Result<u64, Error> {
-    let bad = || Error::InvalidArgument(format!("{flag} '{text}': expected bytes, 512M, 4G or 40%"));
+    let bad = || {
+        Error::InvalidArgument(format!(
+            "{flag} '{}': expected bytes, 512M or 512MiB (binary), 4GB (decimal) or 40%",
+            shown(text)
+        ))
+    };
     let t = text.trim();
     if let Some(p) = t.strip_suffix('%') {
         let p: f64 = p.trim().parse().map_err(|_| bad())?;
@@ -19,25 +26,65 @@ pub(crate) fn parse_size(text: &str, whole: u64, flag: &str) -> Result<u64, Erro
         }
         return Ok((whole as f64 * p / 100.0) as u64);
     }
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m = match c.to_ascii_uppercase() {
-                'K' => 1u64 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                'B' => 1,
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let power = |k: u32, decimal: bool| {
+        if decimal {
+            1000f64.powi(k as i32)
+        } else {
+            (1u64 << (10 * k)) as f64
+        }
+    };
+    let mult = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 1.0,
+        u => {
+            let k = match u.as_bytes()[0] {
+                b'K' => 1,
+                b'M' => 2,
+                b'G' => 3,
+                b'T' => 4,
                 _ => return Err(bad()),
             };
-            (&t[..i], m)
+            match &u[1..] {
+                "" | "I" | "IB" => power(k, false),
+                "B" => power(k, true),
+                _ => return Err(bad()),
+            }
         }
-        _ => (t, 1),
     };
     let n: f64 = num.trim().parse().map_err(|_| bad())?;
-    if n < 0.0 {
+    if !(n >= 0.0 && n.is_finite()) {
         return Err(bad());
     }
-    Ok((n * mult as f64) as u64)
+    Ok((n * mult) as u64)
+}
+
+/// Parses a budget for a model of `model` bytes whose largest tensor takes
+/// `largest` bytes: a budget of 0 (which the library reads as "unlimited")
+/// or one that cannot hold the largest tensor is refused, naming both.
+pub(crate) fn parse_budget(text: &str, model: u64, largest: u64, flag: &str) -> Result<u64, Error> {
+    let budget = parse_size(text, model, flag)?;
+    check_budget(budget, largest, flag, text)?;
+    Ok(budget)
+}
+
+/// Refuses a budget of 0 or one below the largest tensor.
+pub(crate) fn check_budget(budget: u64, largest: u64, flag: &str, text: &str) -> Result<(), Error> {
+    if budget == 0 {
+        return Err(Error::InvalidArgument(format!(
+            "{flag} '{}' is 0 bytes: give 100% to run with the whole model in RAM",
+            shown(text)
+        )));
+    }
+    if budget < largest {
+        return Err(Error::InvalidArgument(format!(
+            "{flag} '{}' ({}) cannot hold the largest tensor ({}): no pager can run it",
+            shown(text),
+            human(budget),
+            human(largest)
+        )));
+    }
+    Ok(())
 }
 
 pub(crate) fn human(bytes: u64) -> String {
@@ -62,11 +109,24 @@ pub(crate) fn open_index(path: &Path) -> Result<TensorIndex, Error> {
 }
 
 pub(crate) fn open_pager(path: &Path, options: PagerOptions) -> Result<Pager, Error> {
-    let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
-    if is_safetensors {
+    if looks_like_safetensors(path) {
         Pager::open_safetensors(path, options)
     } else {
         Pager::open_gguf(path, options)
+    }
+}
+
+/// Whether a file is safetensors, by its first bytes (a GGUF starts with
+/// "GGUF", a safetensors file with an 8-byte length and '{'); the
+/// extension decides only when the bytes cannot be read.
+fn looks_like_safetensors(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 9];
+    let read = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head));
+    match read {
+        Ok(()) if &head[..4] == b"GGUF" => false,
+        Ok(()) if head[8] == b'{' => true,
+        _ => path.extension().is_some_and(|e| e == "safetensors"),
     }
 }
 

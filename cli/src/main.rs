@@ -46,7 +46,10 @@ enum Command {
     Plan {
         /// The model file (GGUF or safetensors); not needed with --moe.
         model: Option<PathBuf>,
-        /// Budgets: a range with a step (10%..100%, step 10%) or a list (25%,50%,4G).
+        /// Budgets: a range FROM..TO/STEP (10%..100%/10%; the step defaults to
+        /// 10%) or a list (25%,50%,4G). Units as for bench: 512M = 512MiB,
+        /// 4GB = 4*10^9 bytes. Budgets below the largest tensor are shown as
+        /// infeasible.
         #[arg(long, default_value = "10%..100%")]
         budgets: String,
         /// Forward passes (tokens) to simulate.
@@ -104,6 +107,11 @@ pub(crate) enum IoArg {
 }
 
 fn main() -> ExitCode {
+    // `layerpager inspect big.gguf | head` should end quietly when the reader
+    // goes away, as other command-line tools do, not panic on EPIPE.
+    // SAFETY: restoring the default disposition of SIGPIPE at the start of
+    // main, before any other thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Demo { dir: None }) {
         Command::Demo { dir } => demo(dir),

@@ -37,13 +37,28 @@ impl PassReport {
         self.pass_times.iter().sum()
     }
 
-    /// Fraction of acquisitions that were hits.
+    /// Fraction of acquisitions that were hits (reuse and read-ahead).
     pub fn hit_ratio(&self) -> f64 {
+        self.share(self.stats.hits)
+    }
+
+    /// Fraction of acquisitions served by a tensor kept from an earlier use.
+    pub fn reuse_ratio(&self) -> f64 {
+        self.share(self.stats.hits.saturating_sub(self.stats.prefetch_hits))
+    }
+
+    /// Fraction of acquisitions served by a tensor the background readers
+    /// read before it was asked for.
+    pub fn read_ahead_ratio(&self) -> f64 {
+        self.share(self.stats.prefetch_hits)
+    }
+
+    fn share(&self, count: u64) -> f64 {
         let total = self.stats.hits + self.stats.misses;
         if total == 0 {
             0.0
         } else {
-            self.stats.hits as f64 / total as f64
+            count as f64 / total as f64
         }
     }
 }

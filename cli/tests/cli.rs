@@ -120,3 +120,107 @@ fn synth_writes_a_model_that_inspect_reads() {
     assert!(ok);
     assert!(out.contains("blk.0.ffn_down.weight"), "{out}");
 }
+
+#[test]
+fn budgets_are_checked_before_any_work() {
+    let model = fixture_dir().join("llama_q4k.gguf");
+    let m = model.to_str().unwrap();
+    for (budget, needle) in [
+        ("0", "is 0 bytes"),
+        ("0%", "is 0 bytes"),
+        ("1K", "cannot hold the largest tensor"),
+        ("50%,1K", "cannot hold the largest tensor"),
+        ("4XB", "expected bytes"),
+    ] {
+        let (ok, out, err) = layerpager(&["bench", m, "--budget", budget]);
+        assert!(!ok, "--budget {budget} was accepted");
+        assert!(err.contains(needle), "--budget {budget}: {err}");
+        assert!(out.is_empty(), "--budget {budget}: work was done first:\n{out}");
+    }
+    // Decimal and binary units both parse.
+    for budget in ["4GB", "4GiB", "512MB", "512M"] {
+        let (ok, _, err) = layerpager(&["bench", m, "--budget", budget, "--passes", "1", "--prefetch", "0"]);
+        assert!(ok, "--budget {budget}: {err}");
+    }
+}
+
+#[test]
+fn plan_shows_budgets_below_the_largest_tensor_as_infeasible() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("p.svg");
+    let model = fixture_dir().join("llama_q4k.gguf");
+    let (ok, out, err) = layerpager(&[
+        "plan",
+        model.to_str().unwrap(),
+        "--budgets",
+        "1%,50%",
+        "--svg",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out.matches("infeasible").count(), 1, "{out}");
+    let (ok, _, err) = layerpager(&["plan", model.to_str().unwrap(), "--svg", "/nonexistent-dir/p.svg"]);
+    assert!(!ok);
+    assert!(
+        err.contains("write of plot '/nonexistent-dir/p.svg'") && err.contains("errno 2"),
+        "{err}"
+    );
+}
+
+#[test]
+fn messages_say_the_errno_once_and_name_a_directory() {
+    let (ok, _, err) = layerpager(&["inspect", "/nonexistent.gguf"]);
+    assert!(!ok);
+    assert!(err.contains("(errno 2)") && !err.contains("os error"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, err) = layerpager(&["inspect", dir.path().to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("Is a directory"), "{err}");
+}
+
+#[test]
+fn the_format_is_sniffed_not_taken_from_the_extension() {
+    let dir = tempfile::tempdir().unwrap();
+    let misnamed = dir.path().join("model.gguf");
+    std::fs::copy(fixture_dir().join("small.safetensors"), &misnamed).unwrap();
+    let (ok, out, err) = layerpager(&["inspect", misnamed.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("format safetensors"), "{out}");
+}
+
+#[test]
+fn inspect_json_has_typed_values() {
+    let path = fixture_dir().join("llama_q4k.gguf");
+    let (ok, out, err) = layerpager(&["inspect", "--json", path.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["format"], "gguf");
+    assert_eq!(v["metadata"]["general.architecture"], "llama");
+    assert!(v["dims_order"].as_str().unwrap().contains("innermost first"));
+}
+
+#[test]
+fn inspect_into_a_closed_pipe_ends_quietly() {
+    let path = fixture_dir().join("all_types.gguf");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_layerpager"))
+        .args(["inspect", path.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before the first line, as `| head -0` would.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+}
+
+#[test]
+fn demo_creates_nothing_the_user_did_not_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let (ok, _, err) = layerpager(&["demo", "--dir", missing.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("mkdir"), "{err}");
+    assert!(!missing.exists());
+}

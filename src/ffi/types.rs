@@ -134,7 +134,8 @@ pub struct pager_stats_t {
     pub hits: u64,
     /// Acquisitions that had to read the tensor or wait for its read.
     pub misses: u64,
-    /// Hits on a tensor brought in by a prefetch and not used before.
+    /// Hits on a tensor brought in by a prefetch and not used before (a
+    /// subset of `hits`: `hits - prefetch_hits` are reuse hits).
     pub prefetch_hits: u64,
     /// Tensors evicted to make room.
     pub evictions: u64,

@@ -37,15 +37,9 @@ impl Inner {
             match state_of(w) {
                 RESIDENT => {
                     let done = match intent {
-                        Intent::Acquire => match slot.try_acquire_resident(false) {
-                            Some(prev) => {
-                                if prev & PREFETCHED != 0 {
-                                    self.prefetch_hits.fetch_add(1, Ordering::Relaxed);
-                                }
-                                true
-                            }
-                            None => false,
-                        },
+                        // A miss that waited for a read (its own or a
+                        // read-ahead's): not a hit of either kind.
+                        Intent::Acquire => slot.try_acquire_resident(false).is_some(),
                         Intent::Pin => slot
                             .word
                             .compare_exchange(w, w | PINNED, Ordering::AcqRel, Ordering::Acquire)

@@ -67,7 +67,9 @@ pub struct Stats {
     pub hits: u64,
     /// Acquisitions that had to read the tensor or wait for its read.
     pub misses: u64,
-    /// Hits on a tensor brought in by a prefetch and not used before.
+    /// Hits on a tensor brought in by a prefetch and not used before (a
+    /// subset of `hits`; an acquire that waited for a read-ahead still in
+    /// flight is a miss).
     pub prefetch_hits: u64,
     /// Tensors evicted to make room.
     pub evictions: u64,

@@ -22,6 +22,13 @@ impl FileIdentity {
         let m = file
             .metadata()
             .map_err(|e| Error::from_io(format!("stat of '{}'", path.display()), &e))?;
+        if m.is_dir() {
+            // Said at open, not as an odd failure of the first read.
+            return Err(Error::from_errno(
+                format!("open of '{}'", path.display()),
+                libc::EISDIR,
+            ));
+        }
         Ok(FileIdentity {
             dev: m.dev(),
             ino: m.ino(),

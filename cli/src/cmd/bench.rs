@@ -8,15 +8,16 @@ use layerpager::source::{drop_page_cache, raw_pread_sweep};
 use layerpager::{Error, IoMode, PagerOptions, PolicyKind};
 use layerpager_tools::workload::{lower_bound_bytes, rss, run_passes, PassConfig, PassReport};
 
-use crate::format::{bar, gbps, human, open_index, open_pager, parse_size};
+use crate::format::{bar, gbps, human, open_index, open_pager, parse_budget};
 use crate::{IoArg, PolicyArg};
 
 #[derive(clap::Args)]
 pub(crate) struct BenchArgs {
     /// The model file (GGUF or safetensors).
     model: PathBuf,
-    /// RAM budget: bytes, 512M, 4G, or a share of the model like 50%;
-    /// several, comma-separated, run one after another.
+    /// RAM budget: bytes, 512M or 512MiB (binary), 4GB (decimal), or a share
+    /// of the model like 50%; several, comma-separated (25%,50%,4G), run one
+    /// after another. Each must hold the largest tensor.
     #[arg(long, default_value = "50%")]
     budget: String,
     /// Forward passes (tokens).
@@ -106,9 +107,10 @@ pub(crate) fn print_runs(runs: &[Run], budget: u64, passes: u32, raw: (u64, Dura
         human(bound / passes as u64)
     );
     println!(
-        "{:<42} {:>6} {:>11} {:>8} {:>8} {:>10} {:>7} {:>7} {:>11} {:>10}",
+        "{:<42} {:>6} {:>6} {:>11} {:>8} {:>8} {:>10} {:>7} {:>7} {:>11} {:>10}",
         "run",
-        "hits",
+        "reuse",
+        "ahead",
         "read/pass",
         "vs bound",
         "s/pass",
@@ -127,9 +129,10 @@ pub(crate) fn print_runs(runs: &[Run], budget: u64, passes: u32, raw: (u64, Dura
         let io = s.bytes_read as f64 / (raw_gbps * 1e9);
         let ideal = r.report.compute.as_secs_f64().max(io);
         println!(
-            "{:<42} {:>5.1}% {:>11} {:>7.3}x {:>8.3} {:>9.2}x {:>7.2} {:>6.2}x {:>11} {:>10}",
+            "{:<42} {:>5.1}% {:>5.1}% {:>11} {:>7.3}x {:>8.3} {:>9.2}x {:>7.2} {:>6.2}x {:>11} {:>10}",
             r.label,
-            r.report.hit_ratio() * 100.0,
+            r.report.reuse_ratio() * 100.0,
+            r.report.read_ahead_ratio() * 100.0,
             human(s.bytes_read / passes.max(1) as u64),
             s.bytes_read as f64 / bound as f64,
             per_pass.as_secs_f64(),
@@ -142,18 +145,39 @@ pub(crate) fn print_runs(runs: &[Run], budget: u64, passes: u32, raw: (u64, Dura
     }
 }
 
+/// What the budget covers in mmap mode, said under every mmap table.
+const MMAP_NOTE: &str = "--io mmap: 'peak resid' counts the tensors the pager holds; the kernel keeps
+other pages of the mapping in the page cache as it sees fit, so 'peak RSS+' may exceed the budget.
+Use pread (default) or --io direct for a budget that holds RSS.";
+
+/// Prints the raw reference measured before and after the runs, and how far
+/// apart the two are: ratios against it are as good as it is stable.
+pub(crate) fn print_raw_spread(before: (u64, Duration), after: (u64, Duration)) {
+    let (b, a) = (gbps(before.0, before.1), gbps(after.0, after.1));
+    println!(
+        "raw pread reference: {b:.2} GB/s before the runs, {a:.2} GB/s after ({:.0}% apart): \
+         'vs raw' and 'vs ideal' use the first",
+        (a - b).abs() * 100.0 / b.max(a).max(1e-9)
+    );
+}
+
 pub(crate) const FIGURES: &str = "'vs bound' is bytes read over M + (P-1)(M-B). 'vs ideal' is wall time over
 max(compute, this run's bytes at raw pread speed). 'vs raw' is read throughput over a raw
 8 MiB pread loop of the same file, measured in the same run, cold or warm as the runs.
-'peak RSS+' is the process's peak resident memory growth during the run.";
+'peak RSS+' is the process's peak resident memory growth during the run. 'reuse' is the share of
+acquisitions served by a tensor kept from an earlier use, 'ahead' the share served by a tensor the
+background readers read before it was asked for; the rest waited for a read.";
 
 pub(crate) fn bench(a: BenchArgs) -> Result<(), Error> {
     let index = open_index(&a.model)?;
     let model = index.total_bytes();
+    // O_DIRECT reads whole pages around a tensor: up to two more pages.
+    let largest = index.largest_tensor() + if matches!(a.io, IoArg::Direct) { 8192 } else { 0 };
+    // Every budget is checked before any work is done.
     let budgets = a
         .budget
         .split(',')
-        .map(|b| parse_size(b, model, "--budget"))
+        .map(|b| parse_budget(b, model, largest, "--budget"))
         .collect::<Result<Vec<_>, _>>()?;
     if a.passes == 0 {
         return Err(Error::InvalidArgument("--passes must be at least 1".into()));
@@ -194,10 +218,10 @@ pub(crate) fn bench(a: BenchArgs) -> Result<(), Error> {
             prefetch_threads: a.prefetch,
             ..seed.clone()
         };
-        let declared = if a.no_schedule {
-            "no schedule declared"
-        } else {
-            "schedule declared"
+        let declared = match (a.policy, a.no_schedule) {
+            (PolicyArg::Lru, _) => "LRU",
+            (_, true) => "no schedule declared",
+            (_, false) => "schedule declared",
         };
         let mut runs = vec![measure(
             &a.model,
@@ -230,8 +254,13 @@ pub(crate) fn bench(a: BenchArgs) -> Result<(), Error> {
         )?);
         print_runs(&runs, budget, a.passes, raw);
     }
+    let raw_after = raw_reference(&a.model, a.warm)?;
     println!();
+    print_raw_spread(raw, raw_after);
     println!("{FIGURES}");
+    if matches!(a.io, IoArg::Mmap) {
+        println!("{MMAP_NOTE}");
+    }
     println!(
         "Cache: {}.",
         if a.warm {

@@ -39,7 +39,9 @@ pub(crate) fn tempfile_in(parent: &Path) -> Result<TempDir, Error> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     let path = parent.join(format!("layerpager-demo-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&path).map_err(|e| Error::from_io(format!("mkdir '{}'", path.display()), &e))?;
+    // Only the demo's own directory is made: a --dir that does not exist is
+    // an error, not something to create and leave behind.
+    std::fs::create_dir(&path).map_err(|e| Error::from_io(format!("mkdir '{}'", path.display()), &e))?;
     Ok(TempDir(path))
 }
 

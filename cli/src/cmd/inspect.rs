@@ -2,56 +2,85 @@
 
 use std::path::Path;
 
-use layerpager::index::{block_of, ggml_type_name, IndexFormat};
-use layerpager::Error;
+use serde_json::{json, Value};
+
+use layerpager::index::{block_of, ggml_type_name, GgufValue, IndexFormat};
+use layerpager::{shown, Error};
 
 use crate::format::{human, open_index};
+
+/// How a format orders its dimensions, said wherever dims are shown: the
+/// same tensor is 384x1536 in GGUF and 1536x384 in safetensors.
+fn dims_order(format: IndexFormat) -> &'static str {
+    match format {
+        IndexFormat::Gguf => "innermost first (ggml's ne: ne[0] is the row length)",
+        IndexFormat::Safetensors => "outermost first (the row-major shape, as PyTorch prints it)",
+        IndexFormat::Table => "the tensor's byte count",
+    }
+}
+
+fn format_name(format: IndexFormat) -> &'static str {
+    match format {
+        IndexFormat::Gguf => "gguf",
+        IndexFormat::Safetensors => "safetensors",
+        IndexFormat::Table => "table",
+    }
+}
+
+/// A metadata value as typed JSON: numbers, booleans and strings as
+/// themselves; an array as its element type, length and first elements.
+fn json_value(v: &GgufValue) -> Value {
+    match v {
+        GgufValue::Uint(n) => json!(n),
+        GgufValue::Int(n) => json!(n),
+        GgufValue::Float(x) => json!(x),
+        GgufValue::Bool(b) => json!(b),
+        GgufValue::Str(s) => json!(s),
+        GgufValue::Array { elem_type, len, head } => json!({
+            "array_of_gguf_type": elem_type,
+            "len": len,
+            "first": head.iter().map(json_value).collect::<Vec<_>>(),
+        }),
+    }
+}
 
 pub(crate) fn inspect(path: &Path, json: bool) -> Result<(), Error> {
     let index = open_index(path)?;
     let tensors = index.tensors();
     if json {
-        let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
-        println!("{{");
-        println!("  \"file\": \"{}\",", esc(&path.display().to_string()));
-        println!("  \"format\": \"{:?}\",", index.format());
-        println!("  \"file_bytes\": {},", index.source_size());
-        println!("  \"tensor_bytes\": {},", index.total_bytes());
-        println!("  \"metadata\": {{");
-        let md = index.metadata();
-        for (i, (k, v)) in md.iter().enumerate() {
-            let comma = if i + 1 < md.len() { "," } else { "" };
-            println!("    \"{}\": \"{}\"{comma}", esc(k), esc(&v.to_string()));
-        }
-        println!("  }},");
-        println!("  \"tensors\": [");
-        for (i, t) in tensors.iter().enumerate() {
-            let comma = if i + 1 < tensors.len() { "," } else { "" };
-            let dims: Vec<String> = t.dims.iter().map(u64::to_string).collect();
-            println!(
-                "    {{\"id\": {i}, \"name\": \"{}\", \"type\": \"{}\", \"dims\": [{}], \"offset\": {}, \"bytes\": {}}}{comma}",
-                esc(&t.name),
-                esc(t.dtype.as_deref().unwrap_or("?")),
-                dims.join(", "),
-                t.offset,
-                t.size
-            );
-        }
-        println!("  ]");
-        println!("}}");
+        let metadata: serde_json::Map<String, Value> = index
+            .metadata()
+            .iter()
+            .map(|(k, v)| (k.clone(), json_value(v)))
+            .collect();
+        let doc = json!({
+            "file": path.display().to_string(),
+            "format": format_name(index.format()),
+            "file_bytes": index.source_size(),
+            "tensor_bytes": index.total_bytes(),
+            "dims_order": dims_order(index.format()),
+            "metadata": metadata,
+            "tensors": tensors.iter().enumerate().map(|(i, t)| json!({
+                "id": i,
+                "name": t.name,
+                "type": t.dtype.as_deref().unwrap_or("?"),
+                "dims": t.dims,
+                "offset": t.offset,
+                "bytes": t.size,
+            })).collect::<Vec<_>>(),
+        });
+        let text = serde_json::to_string_pretty(&doc).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        println!("{text}");
         return Ok(());
     }
     println!("{}", path.display());
-    let format = match index.format() {
-        IndexFormat::Gguf => "GGUF",
-        IndexFormat::Safetensors => "safetensors",
-        IndexFormat::Table => "table",
-    };
     println!(
-        "  format {format}, {} tensors, {} of tensor data in a {} file",
+        "  format {}, {} tensors, {} of tensor data in a {} file; dims {}",
+        format_name(index.format()),
         tensors.len(),
         human(index.total_bytes()),
-        human(index.source_size())
+        human(index.source_size()),
+        dims_order(index.format())
     );
     for (k, v) in index.metadata() {
         let text = v.to_string();
@@ -60,11 +89,15 @@ pub(crate) fn inspect(path: &Path, json: bool) -> Result<(), Error> {
         } else {
             text
         };
-        println!("  {k} = {text}");
+        println!("  {} = {text}", shown(k));
     }
     println!();
+    // Names as messages show them (escaped, at most 65 characters); the
+    // column is as wide as the longest.
+    let names: Vec<String> = tensors.iter().map(|t| shown(&t.name)).collect();
+    let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0).max(24);
     println!(
-        "{:>5}  {:<40} {:<8} {:<22} {:>14} {:>12}",
+        "{:>5}  {:<width$} {:<8} {:<22} {:>14} {:>12}",
         "id", "name", "type", "dims", "offset", "bytes"
     );
     let mut current_block: Option<Option<u64>> = None;
@@ -72,7 +105,7 @@ pub(crate) fn inspect(path: &Path, json: bool) -> Result<(), Error> {
     let flush = |block: Option<Option<u64>>, bytes: u64| {
         if let Some(Some(n)) = block {
             println!(
-                "{:>5}  {:<40} {:>59}",
+                "{:>5}  {:<width$} {:>59}",
                 "",
                 format!("-- block {n} total"),
                 human(bytes)
@@ -95,8 +128,8 @@ pub(crate) fn inspect(path: &Path, json: bool) -> Result<(), Error> {
             .or_else(|| t.dtype.clone())
             .unwrap_or_else(|| "?".into());
         println!(
-            "{i:>5}  {:<40} {ty:<8} {:<22} {:>14} {:>12}",
-            t.name,
+            "{i:>5}  {:<width$} {ty:<8} {:<22} {:>14} {:>12}",
+            names[i],
             dims.join("x"),
             t.offset,
             t.size

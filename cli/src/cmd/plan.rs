@@ -39,9 +39,19 @@ pub(crate) fn plan(path: &Path, budgets: &str, passes: u32, svg: &Path) -> Resul
         "{:>21} (bytes read per token, averaged over the passes, the first one cold)",
         ""
     );
+    let largest = index.largest_tensor();
     let mut rows = Vec::new();
     for &budget in &budgets {
         let per_token = |bytes: u64| bytes / passes as u64;
+        if budget == 0 || budget < largest {
+            println!(
+                "{:>12} {:>5.0}% | infeasible: the largest tensor needs {}",
+                human(budget),
+                budget as f64 * 100.0 / model as f64,
+                human(largest)
+            );
+            continue;
+        }
         let lru = simulate(&sizes, &trace, budget, &Lru::new(n)).bytes_read;
         let declared = {
             let p = ScheduleAware::new(n, false);
@@ -73,14 +83,13 @@ pub(crate) fn plan(path: &Path, budgets: &str, passes: u32, svg: &Path) -> Resul
         "layerpager, schedule declared",
         "layerpager, not declared",
     ];
+    // Bytes read over the lower bound: the bound is the line at 1, and the
+    // gap of each policy to it is what the plot shows.
     let points: Vec<Vec<(f64, f64)>> = (0..4)
         .map(|k| {
             rows.iter()
-                .map(|(b, v)| {
-                    (
-                        *b as f64 * 100.0 / model as f64,
-                        v[k] as f64 / (1u64 << 20) as f64,
-                    )
+                .map(|(b, v): &(u64, [u64; 4])| {
+                    (*b as f64 * 100.0 / model as f64, v[k] as f64 / v[0].max(1) as f64)
                 })
                 .collect()
         })
@@ -88,11 +97,11 @@ pub(crate) fn plan(path: &Path, budgets: &str, passes: u32, svg: &Path) -> Resul
     plot(
         svg,
         &format!(
-            "{}: bytes read per token vs budget ({passes} passes)",
+            "{}: bytes read per token over the lower bound ({passes} passes)",
             file_name(path)
         ),
         "budget (% of the model)",
-        "MiB read per token",
+        "bytes read / lower bound",
         &series,
         &points,
     )?;
@@ -160,7 +169,9 @@ pub(crate) fn plan_moe(budgets: &str, svg: &Path, routing: Routing, tokens: usiz
     Ok(())
 }
 
-/// A line chart as SVG: the first series is drawn dashed grey (a bound).
+/// A line chart as SVG: each series its own colour and marker (the first,
+/// a bound, thin grey without markers), the legend beside the plot, never
+/// over the data.
 fn plot(
     path: &Path,
     title: &str,
@@ -170,33 +181,57 @@ fn plot(
     points: &[Vec<(f64, f64)>],
 ) -> Result<(), Error> {
     use plotters::prelude::*;
+    // An unwritable path is an I/O error with its errno, said before drawing.
+    std::fs::File::create(path)
+        .map_err(|e| Error::from_io(format!("write of plot '{}'", path.display()), &e))?;
     let draw = || -> Result<(), Box<dyn std::error::Error>> {
-        let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
+        let root = SVGBackend::new(path, (1040, 540)).into_drawing_area();
         root.fill(&WHITE)?;
+        let (left, legend) = root.split_horizontally(760);
         let x_max = points.iter().flatten().map(|p| p.0).fold(1.0, f64::max);
-        let y_max = points.iter().flatten().map(|p| p.1).fold(1.0, f64::max) * 1.05;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 20))
+        let y_max = points.iter().flatten().map(|p| p.1).fold(1.0, f64::max) * 1.08;
+        let mut chart = ChartBuilder::on(&left)
+            .caption(title, ("sans-serif", 17))
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(70)
-            .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
+            .build_cartesian_2d(0.0..x_max * 1.02, 0.0..y_max)?;
         chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw()?;
-        let colors = [RGBColor(120, 120, 120), RED, BLUE, GREEN, MAGENTA, CYAN];
-        for (i, (name, pts)) in series.iter().zip(points).enumerate() {
+        let colors = [
+            RGBColor(120, 120, 120),
+            RED,
+            BLUE,
+            RGBColor(0, 150, 0),
+            MAGENTA,
+            CYAN,
+        ];
+        for (i, pts) in points.iter().enumerate() {
             let color = colors[i % colors.len()];
             let style = ShapeStyle::from(&color).stroke_width(if i == 0 { 1 } else { 2 });
-            chart
-                .draw_series(LineSeries::new(pts.iter().copied(), style))?
-                .label(*name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+            chart.draw_series(LineSeries::new(pts.iter().copied(), style))?;
+            let filled = style.filled();
+            match i % 5 {
+                0 => {}
+                1 => {
+                    chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, filled)))?;
+                }
+                2 => {
+                    chart.draw_series(pts.iter().map(|&p| TriangleMarker::new(p, 5, filled)))?;
+                }
+                3 => {
+                    chart.draw_series(pts.iter().map(|&p| Cross::new(p, 5, style)))?;
+                }
+                _ => {
+                    chart.draw_series(pts.iter().map(|&p| Circle::new(p, 5, style)))?;
+                }
+            }
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .draw()?;
+        for (i, name) in series.iter().enumerate() {
+            let color = colors[i % colors.len()];
+            let y = 60 + 28 * i as i32;
+            legend.draw(&PathElement::new(vec![(8, y), (36, y)], color.stroke_width(2)))?;
+            legend.draw(&Text::new(name.to_string(), (44, y - 7), ("sans-serif", 14)))?;
+        }
         root.present()?;
         Ok(())
     };
