@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Fetches llama.cpp's sources through PyPI (the sdist of llama-cpp-python
-# 0.3.36 vendors llama.cpp, ggml commit 0c1e570), checks its sha256, and
-# builds the CMake targets named on the command line (default: ggml) once,
-# into a cache outside the checkout that later runs reuse.
+# 0.3.36 vendors llama.cpp, ggml commit 0c1e570), checks its sha256, applies
+# ggml/patches/llama-mmap-no-prefetch.patch, and builds the CMake targets
+# named on the command line (default: ggml) once, into a cache outside the
+# checkout that later runs reuse.
 #
 # usage: scripts/llama-cpp.sh [TARGET...]
 # prints: the source tree and the build directory, as two lines of
@@ -39,6 +40,13 @@ if [ ! -f "$src/CMakeLists.txt" ]; then
   tar xzf "$sdist" -C "$cache/llama-cpp-python-$version.partial" --strip-components=1
   rm -rf "$cache/llama-cpp-python-$version"
   mv "$cache/llama-cpp-python-$version.partial" "$cache/llama-cpp-python-$version"
+fi
+
+# The one patch layerpager brings (ggml/patches): MAP_POPULATE made optional.
+if ! grep -q LLAMA_MMAP_NO_PREFETCH "$src/src/llama-model.cpp"; then
+  log "applying ggml/patches/llama-mmap-no-prefetch.patch"
+  patch_file=$(cd "$(dirname "$0")/.." && pwd)/ggml/patches/llama-mmap-no-prefetch.patch
+  (cd "$src" && git apply -p1 "$patch_file")
 fi
 
 targets=("$@")

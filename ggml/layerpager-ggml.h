@@ -1,0 +1,73 @@
+// layerpager-ggml: run a llama.cpp model whose weights do not fit in RAM,
+// with the weights paged by layerpager under a byte budget.
+//
+// A fork adds this file and layerpager-ggml.cpp, links layerpager, and makes
+// one call between llama_model_default_params() / llama_context_default_params()
+// and loading the model:
+//
+//     layerpager_ggml_params lp = layerpager_ggml_default_params();
+//     lp.budget_bytes = 2ull << 30;
+//     layerpager_ggml * pager = layerpager_ggml_init(model_path, &lp);   // NULL: see the log
+//     layerpager_ggml_wire(pager, &model_params, &ctx_params);           // before load / init
+//     llama_model * model = llama_model_load_from_file(model_path, model_params);
+//     llama_context * ctx = llama_init_from_model(model, ctx_params);
+//     ... generate as usual ...
+//     llama_free(ctx); llama_model_free(model); layerpager_ggml_free(pager);
+//
+// What wire() does: every weight goes into a placeholder host buffer type
+// (address space reserved PROT_NONE: set_tensor copies nothing, a read that
+// bypasses the pager faults at once instead of reading garbage); the
+// scheduler's eval callback acquires a node's weights right before the node
+// computes, points the weights' data at the pager's buffers, and releases
+// them after it (chaining any cb_eval the caller had set); load_mode becomes
+// MMAP (the loader then uploads nothing) and use_extra_bufts false (CPU
+// repacking changes the layout of weights at load).
+//
+// Stock llama.cpp maps the model with MAP_POPULATE, which reads the whole
+// file into the page cache once at load (transient: the kernel may drop it,
+// and the pager never reads from the mapping). The patch in
+// ggml/patches/llama-mmap-no-prefetch.patch lets LLAMA_MMAP_NO_PREFETCH=1
+// turn that off; layerpager_ggml_init sets the variable.
+//
+// Checked against llama.cpp as vendored by llama-cpp-python 0.3.36 (ggml
+// 0c1e570). Needs ggml's internal ggml-backend-impl.h for the buffer type.
+#pragma once
+
+#include <cstdint>
+
+#include "ggml-backend.h"
+#include "layerpager.h"
+#include "llama.h"
+
+struct layerpager_ggml;
+
+struct layerpager_ggml_params {
+    uint64_t budget_bytes;      // bytes of weights kept resident; 0 = unlimited
+    uint32_t io_mode;           // PAGER_IO_PREAD (default), PAGER_IO_DIRECT, PAGER_IO_MMAP
+    uint32_t prefetch_threads;  // background readers; default 2
+    uint32_t wait_ms;           // how long an acquire waits for budget held by other threads
+};
+
+layerpager_ggml_params layerpager_ggml_default_params(void);
+
+// Opens the pager on the model file. Returns NULL (and logs why) on failure.
+layerpager_ggml * layerpager_ggml_init(const char * model_path, const layerpager_ggml_params * params);
+
+// Fills the parameters so that llama.cpp loads the model's weights into the
+// pager's placeholder buffers and acquires them while it computes. Call it
+// before llama_model_load_from_file and llama_init_from_model; a cb_eval
+// already in ctx_params is kept and called as before.
+void layerpager_ggml_wire(layerpager_ggml * lg, llama_model_params * model_params, llama_context_params * ctx_params);
+
+// The pager (for stats, budgets, schedules). Valid until layerpager_ggml_free.
+pager_t * layerpager_ggml_pager(layerpager_ggml * lg);
+
+// Sum of the sizes of the model's tensors, for budgets given as a share.
+uint64_t layerpager_ggml_model_bytes(layerpager_ggml * lg);
+
+// Whether an eval callback failed to acquire a weight (the graph was then
+// aborted; the message was logged). Reset by each call.
+bool layerpager_ggml_take_error(layerpager_ggml * lg);
+
+// Frees the pager. Call after llama_free and llama_model_free.
+void layerpager_ggml_free(layerpager_ggml * lg);

