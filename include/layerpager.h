@@ -190,7 +190,8 @@ typedef struct pager_stats_t {
    */
   uint64_t misses;
   /**
-   * Hits on a tensor brought in by a prefetch and not used before.
+   * Hits on a tensor brought in by a prefetch and not used before (a
+   * subset of `hits`: `hits - prefetch_hits` are reuse hits).
    */
   uint64_t prefetch_hits;
   /**
