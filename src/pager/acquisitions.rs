@@ -130,6 +130,11 @@ impl Inner {
         debug_assert!(in_use_of(before) >= 1, "release of {id} with no acquisition");
         if in_use_of(before) == 1 && before & PINNED == 0 {
             self.wake_budget_waiters();
+            if self.readahead_waits_for_release.load(Ordering::Relaxed)
+                && self.readahead_waits_for_release.swap(false, Ordering::Relaxed)
+            {
+                self.poke_readers();
+            }
         }
     }
 

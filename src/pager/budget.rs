@@ -248,18 +248,36 @@ impl Inner {
     /// `exclude`; with `incoming`, only one needed later than it. Returns
     /// whether something was evicted. Called with the eviction mutex held.
     pub(super) fn evict_one_for(&self, g: &mut EvictState, exclude: u32, incoming: Option<u32>) -> bool {
+        // A demand first spares what the readers brought in for the passes
+        // ahead (it is needed soon, or they would not have read it), and
+        // takes it back only when nothing else can go.
+        let mut spare_read_ahead = incoming.is_none();
         loop {
             let mut candidates = self.slots.iter().enumerate().filter_map(|(i, s)| {
                 let w = s.load_word();
-                let idle = state_of(w) == RESIDENT
-                    && in_use_of(w) == 0
+                let evictable = state_of(w) == RESIDENT
                     && w & PINNED == 0
-                    && s.waiters.load(Ordering::SeqCst) == 0;
-                (idle && i as u32 != exclude).then_some(i as u32)
+                    && s.waiters.load(Ordering::SeqCst) == 0
+                    && !(spare_read_ahead && w & PREFETCHED != 0);
+                // A read-ahead also weighs the tensors in use: once released,
+                // one of them may be the better victim (on a cycle, the one
+                // just used is needed last), and evicting another now would
+                // cost a read the demand path would not make.
+                let candidate = evictable && (in_use_of(w) == 0 || incoming.is_some());
+                (candidate && i as u32 != exclude).then_some(i as u32)
             });
             let Some(victim) = self.policy.choose_victim(&mut candidates, incoming) else {
+                if spare_read_ahead {
+                    spare_read_ahead = false;
+                    continue;
+                }
                 return false;
             };
+            if incoming.is_some() && in_use_of(self.slot_unchecked(victim).load_word()) > 0 {
+                // The release of that tensor wakes the readers again.
+                self.readahead_waits_for_release.store(true, Ordering::Relaxed);
+                return false;
+            }
             // A victim acquired since the scan is skipped; choose again.
             if self.evict_one(g, victim) {
                 return true;

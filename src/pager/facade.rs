@@ -94,6 +94,7 @@ impl Pager {
             budget_waiters: AtomicUsize::new(0),
             demands_waiting: AtomicUsize::new(0),
             pass_started: AtomicBool::new(false),
+            readahead_waits_for_release: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             misses: AtomicU64::new(0),
             prefetch_hits: AtomicU64::new(0),

@@ -70,6 +70,9 @@ pub(crate) struct Inner {
     /// Demands (acquire, pin) that found no room: while any waits, no
     /// read-ahead takes budget.
     demands_waiting: AtomicUsize,
+    /// A read-ahead stopped because a tensor in use will be the better
+    /// victim once released: the next release wakes the readers.
+    readahead_waits_for_release: AtomicBool,
     /// Set by the first acquisition: read-ahead along the schedule starts
     /// only once the engine has started a pass.
     pass_started: AtomicBool,
