@@ -42,7 +42,9 @@
 #define PAGER_POLICY_SCHEDULE 2
 
 /**
- * Positioned reads through the page cache (default).
+ * Positioned reads (default). With a budget set, each read drops what it
+ * brought into the page cache, so that the budget holds inside a
+ * container's memory limit (the page cache is charged to the process).
  */
 #define PAGER_IO_PREAD 0
 
@@ -53,9 +55,18 @@
 #define PAGER_IO_DIRECT 1
 
 /**
- * A read-only mapping; aligned tensors are handed out in place.
+ * A read-only mapping; aligned tensors are handed out in place. The kernel,
+ * not the budget, decides which pages of the mapping stay in memory.
  */
 #define PAGER_IO_MMAP 2
+
+/**
+ * `budget_bytes` value (and `pager_set_budget` argument) that derives the
+ * budget from the process's memory limit: the memory cgroup's limit (v2
+ * `memory.max`, v1 `memory.limit_in_bytes`) less what it already uses, or
+ * else `MemAvailable`, less a 64 MiB headroom.
+ */
+#define PAGER_BUDGET_AUTO UINT64_MAX
 
 /**
  * Status code returned by every fallible C entry point.
@@ -270,7 +281,8 @@ typedef struct pager_options_t {
    */
   uint32_t struct_size;
   /**
-   * Budget for resident tensor bytes; 0 = unlimited.
+   * Budget for resident tensor bytes; 0 = unlimited; `PAGER_BUDGET_AUTO`
+   * = derived from the memory limit at open.
    */
   uint64_t budget_bytes;
   /**

@@ -28,6 +28,7 @@
 pub mod error;
 pub mod ffi;
 pub mod index;
+pub mod memlimit;
 pub mod pager;
 pub mod policy;
 mod prefetch;

@@ -63,7 +63,12 @@ pub(crate) fn parse_size(text: &str, whole: u64, flag: &str) -> Result<u64, Erro
 /// `largest` bytes: a budget of 0 (which the library reads as "unlimited")
 /// or one that cannot hold the largest tensor is refused, naming both.
 pub(crate) fn parse_budget(text: &str, model: u64, largest: u64, flag: &str) -> Result<u64, Error> {
-    let budget = parse_size(text, model, flag)?;
+    // "auto": what the memory limit (cgroup, else MemAvailable) leaves.
+    let budget = if text.trim() == "auto" {
+        layerpager::memlimit::auto_budget()?
+    } else {
+        parse_size(text, model, flag)?
+    };
     check_budget(budget, largest, flag, text)?;
     Ok(budget)
 }

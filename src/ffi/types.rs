@@ -12,13 +12,21 @@ pub const PAGER_POLICY_AUTO: u32 = 0;
 pub const PAGER_POLICY_LRU: u32 = 1;
 /// Furthest next use in the schedule given to `pager_set_schedule`.
 pub const PAGER_POLICY_SCHEDULE: u32 = 2;
-/// Positioned reads through the page cache (default).
+/// Positioned reads (default). With a budget set, each read drops what it
+/// brought into the page cache, so that the budget holds inside a
+/// container's memory limit (the page cache is charged to the process).
 pub const PAGER_IO_PREAD: u32 = 0;
 /// Positioned reads with O_DIRECT, bypassing the page cache (falls back to
 /// plain reads where the file system refuses O_DIRECT).
 pub const PAGER_IO_DIRECT: u32 = 1;
-/// A read-only mapping; aligned tensors are handed out in place.
+/// A read-only mapping; aligned tensors are handed out in place. The kernel,
+/// not the budget, decides which pages of the mapping stay in memory.
 pub const PAGER_IO_MMAP: u32 = 2;
+/// `budget_bytes` value (and `pager_set_budget` argument) that derives the
+/// budget from the process's memory limit: the memory cgroup's limit (v2
+/// `memory.max`, v1 `memory.limit_in_bytes`) less what it already uses, or
+/// else `MemAvailable`, less a 64 MiB headroom.
+pub const PAGER_BUDGET_AUTO: u64 = u64::MAX;
 
 /// Memory for tensor buffers, e.g. pinned host memory from a GPU runtime.
 /// Both callbacks may be called from any thread, concurrently, for as long
@@ -42,7 +50,8 @@ pub struct pager_options_t {
     /// Set by `pager_options_default` to `sizeof(pager_options_t)`: later
     /// versions append fields and read only what the caller's struct holds.
     pub struct_size: u32,
-    /// Budget for resident tensor bytes; 0 = unlimited.
+    /// Budget for resident tensor bytes; 0 = unlimited; `PAGER_BUDGET_AUTO`
+    /// = derived from the memory limit at open.
     pub budget_bytes: u64,
     /// `PAGER_POLICY_AUTO` (default), `PAGER_POLICY_LRU`, `PAGER_POLICY_SCHEDULE`.
     pub policy: u32,

@@ -342,6 +342,11 @@ impl Inner {
 
     pub(super) fn set_budget(&self, budget: u64) -> Result<()> {
         self.check_open()?;
+        let budget = if budget == crate::memlimit::BUDGET_AUTO {
+            crate::memlimit::auto_budget()?
+        } else {
+            budget
+        };
         let mut g = self.lock_evict();
         if budget != 0 && g.held() > budget {
             self.evict_down(&mut g, budget);
@@ -353,6 +358,7 @@ impl Inner {
             }
         }
         self.budget.store(budget, Ordering::Relaxed);
+        self.source.set_drop_behind(budget != 0);
         self.budget_freed.notify_all();
         Ok(())
     }

@@ -69,6 +69,10 @@ impl Pager {
         options: PagerOptions,
     ) -> Result<Pager> {
         options.validate()?;
+        let mut options = options;
+        if options.budget_bytes == crate::memlimit::BUDGET_AUTO {
+            options.budget_bytes = crate::memlimit::auto_budget()?;
+        }
         if index.source_size() > source.size() {
             return Err(Error::InvalidArgument(format!(
                 "index was built for {} bytes but {} has {}",
@@ -77,6 +81,9 @@ impl Pager {
                 source.size()
             )));
         }
+        // A budget holds inside a kernel memory limit only if reads leave no
+        // page cache behind that the budget does not count.
+        source.set_drop_behind(options.budget_bytes != 0);
         let n = index.len();
         let largest_tensor = index.tensors().iter().map(|t| t.size).max().unwrap_or(0);
         let inner = Arc::new(Inner {

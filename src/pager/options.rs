@@ -9,7 +9,9 @@ use crate::source::{Allocator, IoMode};
 /// How a pager is set up.
 #[derive(Debug, Clone)]
 pub struct PagerOptions {
-    /// Budget for resident tensor bytes; 0 means unlimited.
+    /// Budget for resident tensor bytes; 0 means unlimited,
+    /// [`crate::memlimit::BUDGET_AUTO`] derives it at open from the memory
+    /// limit (cgroup, else `MemAvailable`) less a headroom.
     pub budget_bytes: u64,
     /// Eviction policy.
     pub policy: PolicyKind,

@@ -1,8 +1,10 @@
 //! A file read with positioned reads on one descriptor opened once.
 
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::ByteSource;
 use crate::error::{Error, Result};
@@ -72,7 +74,14 @@ pub struct FileSource {
     /// A second descriptor opened with `O_DIRECT`, for aligned tensor reads;
     /// `file` serves the header parse and any unaligned read.
     direct: Option<File>,
+    /// Drop what plain reads bring into the page cache (see
+    /// [`ByteSource::set_drop_behind`]).
+    drop_behind: AtomicBool,
 }
+
+/// Plain reads that drop behind themselves go in chunks of this size, so
+/// that at most one chunk sits in the page cache at a time.
+const DROP_BEHIND_CHUNK: usize = 1 << 20;
 
 impl FileSource {
     /// Opens `path` for positioned reads through the page cache.
@@ -116,7 +125,36 @@ impl FileSource {
             path: path.to_owned(),
             identity,
             direct,
+            drop_behind: AtomicBool::new(false),
         })
+    }
+
+    /// `pread_full`, in chunks each dropped from the page cache once read
+    /// when drop-behind is on.
+    fn pread_dropping(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        if !self.drop_behind.load(Ordering::Relaxed) {
+            return pread_full(&self.file, offset, buf);
+        }
+        let mut done = 0usize;
+        for chunk in buf.chunks_mut(DROP_BEHIND_CHUNK) {
+            let at = offset + done as u64;
+            let n = pread_full(&self.file, at, chunk)?;
+            // SAFETY: a valid descriptor owned by `self.file`; advice only,
+            // a failure changes nothing we rely on.
+            let _ = unsafe {
+                libc::posix_fadvise(
+                    self.file.as_raw_fd(),
+                    at as libc::off_t,
+                    n as libc::off_t,
+                    libc::POSIX_FADV_DONTNEED,
+                )
+            };
+            done += n;
+            if n < chunk.len() {
+                break;
+            }
+        }
+        Ok(done)
     }
 
     /// Whether reads bypass the page cache.
@@ -147,7 +185,7 @@ impl ByteSource for FileSource {
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let what = || format!("read from {}", self.describe());
         super::check_range(&what, offset, buf.len() as u64, self.size())?;
-        let done = pread_full(&self.file, offset, buf).map_err(|e| {
+        let done = self.pread_dropping(offset, buf).map_err(|e| {
             Error::from_io(
                 format!(
                     "read of {} bytes at offset {} from {}",
@@ -198,6 +236,20 @@ impl ByteSource for FileSource {
 
     fn direct_alignment(&self) -> Option<usize> {
         self.direct.as_ref().map(|_| DIRECT_ALIGNMENT)
+    }
+
+    fn set_drop_behind(&self, on: bool) {
+        self.drop_behind.store(on, Ordering::Relaxed);
+        // The kernel's own read-ahead would fill the page cache past the
+        // chunk being dropped: off while dropping behind (the pager reads
+        // whole tensors in large preads and reads ahead itself).
+        let advice = if on {
+            libc::POSIX_FADV_RANDOM
+        } else {
+            libc::POSIX_FADV_NORMAL
+        };
+        // SAFETY: a valid descriptor owned by `self.file`; advice only.
+        let _ = unsafe { libc::posix_fadvise(self.file.as_raw_fd(), 0, 0, advice) };
     }
 }
 

@@ -88,6 +88,13 @@ pub trait ByteSource: Send + Sync {
     /// Asks the OS to bring `offset..offset+len` of a mapping into memory.
     fn advise_willneed(&self, _offset: u64, _len: u64) {}
 
+    /// With `on`, reads leave no page cache behind: each chunk read is
+    /// dropped from the page cache as soon as it is copied. A budget then
+    /// holds inside a kernel memory limit (a container's cgroup charges the
+    /// page cache to the process, the budget does not count it). Sources
+    /// without a page cache ignore it.
+    fn set_drop_behind(&self, _on: bool) {}
+
     /// Tells the OS that `offset..offset+len` of a mapping is not needed.
     fn advise_dontneed(&self, _offset: u64, _len: u64) {}
 }

@@ -15,9 +15,11 @@ use crate::{IoArg, PolicyArg};
 pub(crate) struct BenchArgs {
     /// The model file (GGUF or safetensors).
     model: PathBuf,
-    /// RAM budget: bytes, 512M or 512MiB (binary), 4GB (decimal), or a share
-    /// of the model like 50%; several, comma-separated (25%,50%,4G), run one
-    /// after another. Each must hold the largest tensor.
+    /// RAM budget: bytes, 512M or 512MiB (binary), 4GB (decimal), a share
+    /// of the model like 50%, or auto (what the memory cgroup's limit, else
+    /// MemAvailable, leaves, less 64 MiB); several, comma-separated
+    /// (25%,50%,4G), run one after another. Each must hold the largest
+    /// tensor.
     #[arg(long, default_value = "50%")]
     budget: String,
     /// Forward passes (tokens).

@@ -1,0 +1,144 @@
+//! The budget holds inside a real kernel memory limit: `layerpager bench`
+//! runs in a memory cgroup (v1, as root) whose limit is the budget + 8 MiB,
+//! in the default io mode, without being OOM-killed. Skipped, saying why,
+//! where no memory cgroup can be made (not root, cgroup v2 without a memory
+//! controller, a read-only /sys).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const MIB: u64 = 1 << 20;
+
+/// A memory cgroup of our own below the process's, removed on drop.
+struct MemoryCgroup(PathBuf);
+
+impl MemoryCgroup {
+    fn create(limit: u64) -> Result<Self, String> {
+        let own =
+            std::fs::read_to_string("/proc/self/cgroup").map_err(|e| format!("/proc/self/cgroup: {e}"))?;
+        let path = own
+            .lines()
+            .find_map(|l| {
+                let mut parts = l.splitn(3, ':');
+                let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+                controllers
+                    .split(',')
+                    .any(|c| c == "memory")
+                    .then(|| path.to_owned())
+            })
+            .ok_or("no cgroup v1 memory controller for this process")?;
+        let dir = Path::new("/sys/fs/cgroup/memory")
+            .join(path.trim_start_matches('/'))
+            .join(format!("layerpager-test-{}", std::process::id()));
+        std::fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        let cgroup = MemoryCgroup(dir);
+        std::fs::write(cgroup.0.join("memory.limit_in_bytes"), limit.to_string())
+            .map_err(|e| format!("memory.limit_in_bytes: {e}"))?;
+        Ok(cgroup)
+    }
+
+    fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.0.join(file)).unwrap_or_default()
+    }
+
+    fn oom_kills(&self) -> u64 {
+        self.read("memory.oom_control")
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn default_io_mode_holds_a_cgroup_limit_of_budget_plus_8_mib() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.gguf");
+    let exe = env!("CARGO_BIN_EXE_layerpager");
+    let synth = Command::new(exe)
+        .args(["synth", model.to_str().unwrap(), "--layers", "9"])
+        .output()
+        .unwrap();
+    assert!(
+        synth.status.success(),
+        "{}",
+        String::from_utf8_lossy(&synth.stderr)
+    );
+    let model_bytes = std::fs::metadata(&model).unwrap().len();
+    let budget = model_bytes / 2;
+    let cgroup = match MemoryCgroup::create(budget + 8 * MIB) {
+        Ok(c) => c,
+        Err(why) => {
+            eprintln!("skipped: no memory cgroup can be made here ({why})");
+            return;
+        }
+    };
+    // The shell moves itself into the cgroup, then becomes the bench.
+    let script = format!(
+        "echo $$ > '{}' && exec '{exe}' bench '{}' --budget {budget} --passes 2",
+        cgroup.0.join("cgroup.procs").display(),
+        model.display()
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        cgroup.oom_kills(),
+        0,
+        "OOM-killed under budget + 8 MiB:\n{stdout}\n{stderr}"
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let peak: u64 = cgroup
+        .read("memory.max_usage_in_bytes")
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    assert!(peak <= budget + 8 * MIB, "peak {peak} past the limit");
+    assert!(
+        stdout.contains("layerpager, schedule declared, 2 readers"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn budget_auto_follows_the_cgroup_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.gguf");
+    let exe = env!("CARGO_BIN_EXE_layerpager");
+    let synth = Command::new(exe)
+        .args(["synth", model.to_str().unwrap(), "--layers", "4"])
+        .output()
+        .unwrap();
+    assert!(synth.status.success());
+    let limit = 160 * MIB;
+    let cgroup = match MemoryCgroup::create(limit) {
+        Ok(c) => c,
+        Err(why) => {
+            eprintln!("skipped: no memory cgroup can be made here ({why})");
+            return;
+        }
+    };
+    let script = format!(
+        "echo $$ > '{}' && exec '{exe}' bench '{}' --budget auto --passes 2",
+        cgroup.0.join("cgroup.procs").display(),
+        model.display()
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(cgroup.oom_kills(), 0);
+    // The budget is the limit less what the process used then, less 64 MiB.
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("budget "))
+        .expect("a budget line");
+    let mib: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(mib > 60.0 && mib < 96.0, "{line}");
+}
