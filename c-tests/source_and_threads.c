@@ -171,6 +171,9 @@ int main(int argc, char **argv) {
   CHECK(mem.destroyed == 1);
   CHECK(alloc_state.live_blocks == 0);
   CHECK(alloc_state.total_allocs > 0);
+  /* Tensors are carved from a few chunks of the engine's allocator (pinned
+   * memory is slow to allocate), not one allocation per miss. */
+  CHECK(alloc_state.total_allocs <= 8);
 
   /* The same bytes through a file and an explicit table. */
   pager_tensor_desc_t file_descs[2] = {{"magic", 0, 4}, {"rest", 4, 60}};

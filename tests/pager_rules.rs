@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use common::{even_table, pattern, pattern_file};
+use common::{assert_pattern, even_table, pattern, pattern_file};
 use layerpager::source::CallbackSource;
 use layerpager::{Error, Pager, PagerOptions, PolicyKind, Status, TensorIndex};
 
@@ -25,12 +25,6 @@ fn budget(bytes: u64) -> PagerOptions {
         policy: PolicyKind::Lru,
         prefetch_threads: 0,
         ..Default::default()
-    }
-}
-
-fn assert_pattern(bytes: &[u8], offset: usize) {
-    for (i, b) in bytes.iter().enumerate() {
-        assert_eq!(*b, pattern(offset + i), "byte {i} of tensor at {offset}");
     }
 }
 

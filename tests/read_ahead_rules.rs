@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{even_table, pattern};
+use common::{assert_pattern, even_table, pattern};
 use layerpager::source::{CallbackSource, MemorySource};
 use layerpager::{Pager, PagerOptions, Status, TensorIndex};
 
@@ -43,12 +43,6 @@ fn slow_pager(n: usize, size: u64, delay_ms: u64, options: PagerOptions) -> (Arc
     let index = TensorIndex::from_table(&even_table(n, size), len as u64).unwrap();
     let pager = Pager::with_source(Box::new(source), index, options).unwrap();
     (slow, pager)
-}
-
-fn assert_pattern(bytes: &[u8], offset: usize) {
-    for (i, b) in bytes.iter().enumerate() {
-        assert_eq!(*b, pattern(offset + i), "byte {i} of tensor at {offset}");
-    }
 }
 
 /// Waits until `cond` holds, at most 10 s.

@@ -29,8 +29,12 @@ pub const PAGER_IO_MMAP: u32 = 2;
 pub const PAGER_BUDGET_AUTO: u64 = u64::MAX;
 
 /// Memory for tensor buffers, e.g. pinned host memory from a GPU runtime.
-/// Both callbacks may be called from any thread, concurrently, for as long
-/// as a pager opened with them lives.
+/// The pager asks it for a few large chunks (a quarter of the budget each,
+/// or 256 MiB without a budget) and places tensors inside them, so that a
+/// steady sweep calls it a handful of times, not once per miss; chunks count
+/// against the budget and are freed when wholly unused and their bytes are
+/// needed, or when the pager is freed. Both callbacks may be called from any
+/// thread, concurrently, for as long as a pager opened with them lives.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct pager_allocator_t {

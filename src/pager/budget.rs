@@ -5,6 +5,7 @@
 //! no room.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::loads::Intent;
@@ -13,7 +14,10 @@ use super::slot::{
 };
 use super::Inner;
 use crate::error::{Error, Result};
-use crate::source::TensorBuffer;
+use crate::source::{Arena, TensorBuffer};
+
+/// Chunks an arena takes from the engine's allocator when there is no budget.
+const UNLIMITED_ARENA_CHUNK: u64 = 256 << 20;
 
 /// How often a thread waiting for budget looks again even if nobody woke it.
 const BUDGET_WAIT_POLL: Duration = Duration::from_millis(100);
@@ -29,11 +33,15 @@ pub(super) struct EvictState {
     /// Highest `resident_bytes + pooled_bytes` seen.
     pub(super) peak_resident_bytes: u64,
     pub(super) evictions: u64,
+    /// With an engine's allocator, tensor buffers are carved from this
+    /// arena instead of the pool; its free bytes count against the budget
+    /// as pooled buffers do.
+    pub(super) arena: Option<Arc<Arena>>,
 }
 
 impl EvictState {
     pub(super) fn held(&self) -> u64 {
-        self.resident_bytes + self.pooled_bytes
+        self.resident_bytes + self.pooled_bytes + self.arena.as_ref().map_or(0, |a| a.free_bytes())
     }
 
     /// Takes a pooled buffer for a tensor of `len` bytes and returns it with
@@ -42,7 +50,42 @@ impl EvictState {
     /// otherwise a mapped buffer is shrunk or grown to `len`, which keeps
     /// its faulted-in pages: the smallest one that is large enough, else the
     /// largest.
-    pub(super) fn take_buffer(&mut self, len: u64, budget: u64) -> Option<TensorBuffer> {
+    pub(super) fn take_buffer(&mut self, len: u64, budget: u64) -> Result<Option<TensorBuffer>> {
+        if let Some(arena) = self.arena.clone() {
+            return self.carve(&arena, len, budget);
+        }
+        Ok(self.take_pooled(len, budget))
+    }
+
+    /// A buffer from the arena: the best-fitting free range, else a new
+    /// chunk if the budget has room for it (a quarter of the budget, so that
+    /// a whole sweep calls the allocator a few times; at least the tensor).
+    fn carve(&mut self, arena: &Arc<Arena>, len: u64, budget: u64) -> Result<Option<TensorBuffer>> {
+        if let Some(b) = arena.carve(len as usize) {
+            return Ok(Some(b));
+        }
+        let need = arena.footprint(len as usize) as u64;
+        let room = if budget == 0 {
+            u64::MAX
+        } else {
+            budget.saturating_sub(self.held())
+        };
+        if room < need {
+            return Ok(None);
+        }
+        let target = if budget == 0 {
+            UNLIMITED_ARENA_CHUNK
+        } else {
+            budget / 4
+        };
+        // A whole number of this tensor's footprint: tensors of one shape
+        // (most of a model) then fill chunks without a remainder.
+        let chunk = (target.max(need).div_ceil(need) * need).min(room / need * need);
+        arena.grow(chunk as usize)?;
+        Ok(arena.carve(len as usize))
+    }
+
+    fn take_pooled(&mut self, len: u64, budget: u64) -> Option<TensorBuffer> {
         let fits = |b: &TensorBuffer| (b.len() as u64) >= len && (b.len() as u64) <= len + len / 4;
         if let Some(i) = self.pool.iter().position(fits) {
             let b = self.pool.swap_remove(i);
@@ -70,8 +113,12 @@ impl EvictState {
         Some(b)
     }
 
-    /// Frees the oldest pooled buffer; false if the pool is empty.
+    /// Frees the oldest pooled buffer (with an arena, a wholly free chunk);
+    /// false if there is none.
     pub(super) fn free_one(&mut self) -> bool {
+        if let Some(arena) = &self.arena {
+            return arena.release_free_chunk().is_some();
+        }
         if self.pool.is_empty() {
             return false;
         }
@@ -143,20 +190,32 @@ impl Inner {
                 )));
             }
             if wants_buffer {
-                if let Some(buffer) = g.take_buffer(charge, budget) {
-                    // Moves from the pool to the tensor: the total is unchanged.
-                    break Ok((buffer.len() as u64, Some(buffer)));
+                match g.take_buffer(charge, budget) {
+                    // Moves from the pool or arena to the tensor: the total
+                    // is unchanged (or grew by a chunk that fits the budget).
+                    Ok(Some(buffer)) => break Ok((buffer.len() as u64, Some(buffer))),
+                    Ok(None) => {}
+                    Err(e) => break Err(e),
                 }
             }
-            if budget == 0 || g.held() + charge <= budget {
-                break Ok((charge, None));
-            }
-            if g.resident_bytes + charge > budget {
-                if self.evict_one_for(&mut g, id, readahead.then_some(id)) {
+            if wants_buffer && g.arena.is_some() {
+                // Every buffer comes from the arena: room is made by
+                // evicting (ranges go back and coalesce), or by giving a
+                // wholly free chunk back so that a larger one fits.
+                if self.evict_one_for(&mut g, id, readahead.then_some(id)) || g.free_one() {
                     continue;
                 }
-            } else if g.free_one() {
-                continue;
+            } else {
+                if budget == 0 || g.held() + charge <= budget {
+                    break Ok((charge, None));
+                }
+                if g.resident_bytes + charge > budget {
+                    if self.evict_one_for(&mut g, id, readahead.then_some(id)) {
+                        continue;
+                    }
+                } else if g.free_one() {
+                    continue;
+                }
             }
             if readahead {
                 break Err(Error::Budget(self.budget_report(&g, id, charge, budget)));
@@ -330,11 +389,14 @@ impl Inner {
                 let info = slot.info();
                 self.source.advise_dontneed(info.offset, info.size);
             }
-            Some(Residence::Owned(buffer)) => {
-                // Kept for the next load of the same size; still charged.
+            // An arena's range goes back to the arena (dropped here); another
+            // buffer is kept for the next load of its size. Either way it
+            // stays counted against the budget.
+            Some(Residence::Owned(buffer)) if g.arena.is_none() => {
                 g.pooled_bytes += buffer.len() as u64;
                 g.pool.push(buffer);
             }
+            Some(Residence::Owned(_)) => {}
             Some(Residence::Empty) | None => {}
         }
         true

@@ -17,7 +17,7 @@ use crate::index::{self, TensorIndex, TensorInfo};
 use crate::policy;
 use crate::prefetch::{self, Prefetcher};
 use crate::segvec::SegVec;
-use crate::source::{ByteSource, FileSource, IoMode, MmapSource};
+use crate::source::{Arena, ByteSource, FileSource, IoMode, MmapSource};
 
 /// A pager: tensors of one source under one byte budget.
 ///
@@ -85,7 +85,13 @@ impl Pager {
         // page cache behind that the budget does not count.
         source.set_drop_behind(options.budget_bytes != 0);
         let n = index.len();
-        let largest_tensor = index.tensors().iter().map(|t| t.size).max().unwrap_or(0);
+        let largest_tensor = index.largest_tensor();
+        // An engine's allocator (pinned host memory, slow to allocate) is
+        // called for a few large chunks, not once per miss.
+        let arena = options.allocator.as_ref().map(|a| {
+            let align = options.alignment.max(source.direct_alignment().unwrap_or(1));
+            Arena::new(Arc::clone(a), align)
+        });
         let inner = Arc::new(Inner {
             slots: new_slots(&index)?,
             grow: Mutex::new(()),
@@ -96,7 +102,10 @@ impl Pager {
             wait_ms: options.wait_ms,
             allocator: options.allocator.clone(),
             budget: AtomicU64::new(options.budget_bytes),
-            evict: Mutex::new(EvictState::default()),
+            evict: Mutex::new(EvictState {
+                arena: arena.clone(),
+                ..EvictState::default()
+            }),
             budget_freed: Condvar::new(),
             budget_waiters: AtomicUsize::new(0),
             demands_waiting: AtomicUsize::new(0),

@@ -13,7 +13,8 @@
 //! # Lock order
 //! 1. `Inner::evict` (the eviction mutex: budget counter, victim choice)
 //! 2. a slot's `sync` lock (load / evict transitions of that slot)
-//! 3. `Inner::overflow_leases`
+//! 3. `Inner::overflow_leases`; an engine allocator's arena lock (taken
+//!    inside the eviction mutex, and on its own when a buffer is dropped)
 //!
 //! A lock may be taken while holding one above it in this list, never one
 //! below. The hit path takes no lock at all: one CAS on the slot's state

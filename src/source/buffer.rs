@@ -8,6 +8,7 @@ use std::ffi::c_void;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
+use super::arena::ArenaRange;
 use crate::error::{Error, Result};
 
 /// Allocation callback: returns memory of `size` bytes aligned to
@@ -19,9 +20,9 @@ pub type FreeFn = unsafe extern "C" fn(user_data: *mut c_void, ptr: *mut c_void,
 /// An engine-provided allocator for tensor buffers.
 #[derive(Debug)]
 pub struct Allocator {
-    user_data: *mut c_void,
-    alloc: AllocFn,
-    free: FreeFn,
+    pub(super) user_data: *mut c_void,
+    pub(super) alloc: AllocFn,
+    pub(super) free: FreeFn,
 }
 
 // SAFETY: the C API documents that the allocator callbacks may be called from
@@ -52,6 +53,7 @@ enum Origin {
     Heap(Layout),
     Mapped,
     User(Arc<Allocator>),
+    Arena(ArenaRange),
 }
 
 /// An owned, aligned, fixed-size block of memory.
@@ -133,6 +135,16 @@ impl TensorBuffer {
             len,
             origin: Origin::Heap(layout),
         })
+    }
+
+    /// A buffer over a range carved from an arena; the range goes back to
+    /// the arena when the buffer is dropped.
+    pub(crate) fn from_arena(range: ArenaRange, ptr: *mut u8, len: usize) -> Self {
+        TensorBuffer {
+            ptr: NonNull::new(ptr).expect("arena ranges are never null"),
+            len,
+            origin: Origin::Arena(range),
+        }
     }
 
     /// Whether [`TensorBuffer::resize`] can change this buffer's size in place
@@ -218,6 +230,7 @@ impl Drop for TensorBuffer {
             }
             // SAFETY: returning the block to the allocator that made it, with its size.
             Origin::User(a) => unsafe { (a.free)(a.user_data, self.ptr.as_ptr() as *mut c_void, self.len) },
+            Origin::Arena(range) => range.release(self.len),
         }
     }
 }

@@ -6,12 +6,14 @@
 //! ([`MmapSource`]), and C callbacks ([`CallbackSource`]). Sources do no
 //! caching and no accounting: that is the pager's job.
 
+mod arena;
 mod buffer;
 mod callback;
 mod file;
 mod memory;
 mod mmap;
 
+pub use arena::{Arena, ArenaRange};
 pub use buffer::{Allocator, TensorBuffer};
 pub use callback::{CallbackSource, DestroyFn, ReadAtFn};
 pub use file::{drop_page_cache, raw_pread_sweep, FileSource};

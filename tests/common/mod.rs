@@ -125,6 +125,13 @@ pub fn pattern_file(len: usize) -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
+/// Checks that `bytes` are the pattern file's bytes from `offset` on.
+pub fn assert_pattern(bytes: &[u8], offset: usize) {
+    for (i, b) in bytes.iter().enumerate() {
+        assert_eq!(*b, pattern(offset + i), "byte {i} of tensor at {offset}");
+    }
+}
+
 /// The byte at offset `i` of a [`pattern_file`].
 pub fn pattern(i: usize) -> u8 {
     (i.wrapping_mul(31) ^ (i >> 8)) as u8
