@@ -244,6 +244,34 @@ static void budget_rules(const char *model) {
   pager_close(p);
 }
 
+/* pager_read: a range of a tensor into the caller's memory, resident or
+ * not, with its misuses refused. */
+static void ranges(const char *model) {
+  pager_options_t o;
+  pager_options_default(&o);
+  o.prefetch_threads = 0;
+  pager_t *p = NULL;
+  CHECK_OK(pager_open_gguf(model, &o, &p));
+  if (!p) return;
+  pager_tensor_info_t info;
+  CHECK_OK(pager_tensor_info(p, 1, &info));
+  unsigned char row[64];
+  CHECK_STATUS(pager_read(p, 1, 0, NULL, sizeof row), PAGER_ERR_INVALID_ARGUMENT);
+  CHECK_OK(pager_read(p, 1, 0, NULL, 0));
+  CHECK_STATUS(pager_read(p, 1, info.size - 10, row, sizeof row), PAGER_ERR_OUT_OF_BOUNDS);
+  CHECK_STATUS(pager_read(p, 1, UINT64_MAX - 8, row, sizeof row), PAGER_ERR_OUT_OF_BOUNDS);
+  CHECK_STATUS(pager_read(p, 999999, 0, row, sizeof row), PAGER_ERR_INVALID_ARGUMENT);
+  CHECK_OK(pager_read(p, 1, 16, row, sizeof row));
+  pager_stats_t s;
+  CHECK_OK(pager_get_stats(p, &s));
+  CHECK(s.resident_bytes == 0 && s.bytes_read == sizeof row);
+  pager_tensor_t t;
+  CHECK_OK(pager_acquire(p, 1, &t));
+  if (t.data) CHECK(memcmp(row, (const unsigned char *)t.data + 16, sizeof row) == 0);
+  CHECK_OK(pager_release(p, &t));
+  pager_close(p);
+}
+
 int main(int argc, char **argv) {
   if (argc != 3) {
     fprintf(stderr, "usage: %s MODEL.gguf SCRATCH_DIR\n", argv[0]);
@@ -256,5 +284,6 @@ int main(int argc, char **argv) {
   damaged_files(argv[1], argv[2]);
   handles(argv[1]);
   budget_rules(argv[1]);
+  ranges(argv[1]);
   return check_report("api_misuse");
 }

@@ -37,6 +37,7 @@ struct held_acquisition {
     bool ok;                   // acquired
     pager_tensor_t acquisition;
     void * scratch;            // zeroed stand-in when the acquire failed (the graph is then aborted)
+    void * rows;               // get_rows: the weight's address space with just the rows asked for
 };
 
 struct node_state {
@@ -60,6 +61,9 @@ struct layerpager_ggml {
     std::mutex lock;  // guards what follows
     std::unordered_map<const ggml_tensor *, uint32_t> ids;
     std::unordered_map<const ggml_tensor *, node_state> nodes;
+    // get_rows on a paged weight (an embedding): an address space the size
+    // of the weight, with only the rows a token needs read into it.
+    std::unordered_map<const ggml_tensor *, void *> row_spaces;
     bool failed = false;
 };
 
@@ -137,6 +141,55 @@ size_t buft_alignment(ggml_backend_buffer_type_t) { return 64; }
 // Host memory in ggml's layout: the CPU backend computes with it in place.
 bool buft_is_host(ggml_backend_buffer_type_t) { return true; }
 
+// Whether `node` reads only some rows of its weight `src` (get_rows on a
+// plain 2-D weight with host-side I32 row ids): then those rows are read,
+// not the whole tensor (a token needs one row of a 100k-row embedding).
+bool wants_rows_only(const ggml_tensor * node, const ggml_tensor * src) {
+    const ggml_tensor * ids = node->src[1];
+    return node->op == GGML_OP_GET_ROWS && node->src[0] == src && src->view_src == nullptr &&
+           ggml_is_contiguous(src) && src->ne[2] == 1 && src->ne[3] == 1 && ids != nullptr &&
+           ids->type == GGML_TYPE_I32 && ggml_is_contiguous(ids) && ids->buffer != nullptr &&
+           ggml_backend_buffer_is_host(ids->buffer);
+}
+
+// Reads the rows of `src` that `node`'s ids name into the weight's row
+// space; returns the space, or nullptr (then the whole weight is acquired).
+void * read_rows(layerpager_ggml * lg, const ggml_tensor * node, const ggml_tensor * src, uint32_t id) {
+    void * space = nullptr;
+    {
+        std::lock_guard<std::mutex> g(lg->lock);
+        auto it = lg->row_spaces.find(src);
+        if (it != lg->row_spaces.end()) {
+            space = it->second;
+        }
+    }
+    if (space == nullptr) {
+        // Reserved, committed only where rows are written.
+        space = mmap(nullptr, ggml_nbytes(src), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                     -1, 0);
+        if (space == MAP_FAILED) {
+            return nullptr;
+        }
+        std::lock_guard<std::mutex> g(lg->lock);
+        lg->row_spaces[src] = space;
+    }
+    const ggml_tensor * ids = node->src[1];
+    const int32_t * rows = static_cast<const int32_t *>(ids->data);
+    const size_t row_bytes = src->nb[1];
+    for (int64_t i = 0; i < ggml_nelements(ids); i++) {
+        const int64_t r = rows[i];
+        if (r < 0 || r >= src->ne[1]) {
+            continue;  // ggml asserts on it; nothing to read
+        }
+        char * dst = static_cast<char *>(space) + r * row_bytes;
+        if (pager_read(lg->pager, id, (uint64_t) r * row_bytes, dst, row_bytes) != PAGER_OK) {
+            LP_LOG("read of row %lld of %s failed: %s\n", (long long) r, ggml_get_name(src), pager_last_error_message());
+            return nullptr;
+        }
+    }
+    return space;
+}
+
 bool is_paged(const layerpager_ggml * lg, const ggml_tensor * t) {
     return t != nullptr && t->buffer != nullptr && t->buffer->buft == &lg->buft;
 }
@@ -182,6 +235,8 @@ bool eval_callback(ggml_tensor * node, bool ask, void * user_data) {
                 a.base = base;
                 if (!lookup_id(lg, base, &a.id)) {
                     LP_LOG("weight %s is not in the model file\n", ggml_get_name(base));
+                } else if (wants_rows_only(node, src) && (a.rows = read_rows(lg, node, src, a.id)) != nullptr) {
+                    a.ok = true;
                 } else if (pager_acquire(lg->pager, a.id, &a.acquisition) != PAGER_OK) {
                     LP_LOG("acquire of %s failed: %s\n", ggml_get_name(base), pager_last_error_message());
                 } else {
@@ -197,6 +252,7 @@ bool eval_callback(ggml_tensor * node, bool ask, void * user_data) {
                 have = &state.acquisitions.back();
             }
             const char * data = have->scratch ? static_cast<const char *>(have->scratch)
+                                : have->rows  ? static_cast<const char *>(have->rows)
                                               : static_cast<const char *>(have->acquisition.data);
             state.weights.push_back({src, src->data});
             src->data = const_cast<char *>(data) + (src->view_src ? src->view_offs : 0);
@@ -224,7 +280,10 @@ bool eval_callback(ggml_tensor * node, bool ask, void * user_data) {
         w.tensor->data = w.placeholder;
     }
     for (auto & a : state.acquisitions) {
-        if (a.ok) {
+        if (a.rows != nullptr) {
+            // The rows were the node's alone: give their pages back.
+            madvise(a.rows, ggml_nbytes(a.base), MADV_DONTNEED);
+        } else if (a.ok) {
             pager_release(lg->pager, &a.acquisition);
         }
         free(a.scratch);
@@ -346,6 +405,9 @@ bool layerpager_ggml_take_error(layerpager_ggml * lg) {
 void layerpager_ggml_free(layerpager_ggml * lg) {
     if (lg == nullptr) {
         return;
+    }
+    for (auto & [tensor, space] : lg->row_spaces) {
+        munmap(space, ggml_nbytes(tensor));
     }
     pager_close(lg->pager);
     delete lg;

@@ -443,6 +443,27 @@ enum pager_status_t pager_acquire_by_name(struct pager_t *p,
                                           struct pager_tensor_t *out);
 
 /**
+ * Copies bytes `offset..offset + len` of tensor `id` into `dst` without
+ * making the tensor resident: from memory if it is resident, else straight
+ * from the file (counted in `bytes_read`). For sparse uses of a large
+ * tensor, such as the rows of an embedding that one token needs. `dst` is
+ * the caller's and is not counted against the budget.
+ *
+ * Returns `PAGER_OK`, `PAGER_ERR_INVALID_ARGUMENT` (NULL `dst` with
+ * `len > 0`, bad id), `PAGER_ERR_OUT_OF_BOUNDS` (the range passes the
+ * tensor's end), `PAGER_ERR_IO`, `PAGER_ERR_CLOSED`,
+ * `PAGER_ERR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ * `p` as `pager_tensor_count`; `dst` NULL or writable for `len` bytes.
+ */
+enum pager_status_t pager_read(struct pager_t *p,
+                               uint32_t id,
+                               uint64_t offset,
+                               void *dst,
+                               size_t len);
+
+/**
  * Releases an acquisition and zeroes `*t`. Valid after `pager_close` for
  * acquisitions still held (the last one frees the pager). Releasing the
  * same acquisition twice, a copy of a released one, or a forged one returns

@@ -522,3 +522,26 @@ fn waiters_of_a_stalled_read_time_out_and_the_read_still_lands() {
     drop(pager.acquire(1).unwrap());
     pager.check_invariants().unwrap();
 }
+
+#[test]
+fn read_copies_a_range_without_making_the_tensor_resident() {
+    let (_d, pager) = table_pager(4, 1000, budget(2000));
+    let mut row = [0u8; 100];
+    pager.read(2, 300, &mut row).unwrap();
+    assert_pattern(&row, 2300);
+    let s = pager.stats();
+    assert_eq!((s.resident_bytes, s.bytes_read, s.misses), (0, 100, 0));
+    // From the resident copy when there is one: no read.
+    let a = pager.acquire(1).unwrap();
+    pager.read(1, 0, &mut row).unwrap();
+    assert_pattern(&row, 1000);
+    assert_eq!(pager.stats().bytes_read, 1100);
+    drop(a);
+    let e = pager.read(1, 950, &mut row).unwrap_err();
+    assert_eq!(e.status(), Status::PAGER_ERR_OUT_OF_BOUNDS);
+    assert_eq!(
+        pager.read(9, 0, &mut row).unwrap_err().status(),
+        Status::PAGER_ERR_INVALID_ARGUMENT
+    );
+    pager.check_invariants().unwrap();
+}

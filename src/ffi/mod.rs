@@ -230,6 +230,38 @@ pub unsafe extern "C" fn pager_acquire_by_name(
     })
 }
 
+/// Copies bytes `offset..offset + len` of tensor `id` into `dst` without
+/// making the tensor resident: from memory if it is resident, else straight
+/// from the file (counted in `bytes_read`). For sparse uses of a large
+/// tensor, such as the rows of an embedding that one token needs. `dst` is
+/// the caller's and is not counted against the budget.
+///
+/// Returns `PAGER_OK`, `PAGER_ERR_INVALID_ARGUMENT` (NULL `dst` with
+/// `len > 0`, bad id), `PAGER_ERR_OUT_OF_BOUNDS` (the range passes the
+/// tensor's end), `PAGER_ERR_IO`, `PAGER_ERR_CLOSED`,
+/// `PAGER_ERR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+/// `p` as `pager_tensor_count`; `dst` NULL or writable for `len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn pager_read(
+    p: *mut pager_t,
+    id: u32,
+    offset: u64,
+    dst: *mut c_void,
+    len: usize,
+) -> pager_status_t {
+    on_open(p, |_, pager| {
+        if len == 0 {
+            return pager.read(id, offset, &mut []);
+        }
+        let dst = non_null_mut(dst, "dst")?;
+        // SAFETY: non-NULL and writable for len bytes per the contract.
+        let dst = unsafe { std::slice::from_raw_parts_mut(dst as *mut u8, len) };
+        pager.read(id, offset, dst)
+    })
+}
+
 /// Releases an acquisition and zeroes `*t`. Valid after `pager_close` for
 /// acquisitions still held (the last one frees the pager). Releasing the
 /// same acquisition twice, a copy of a released one, or a forged one returns

@@ -187,6 +187,15 @@ impl Pager {
         self.acquire(id)
     }
 
+    /// Copies bytes `offset..offset + dst.len()` of tensor `id` into `dst`,
+    /// without making the tensor resident: from memory if it is resident,
+    /// else straight from the source (counted in `bytes_read`). For sparse
+    /// uses of a large tensor, such as the few rows of an embedding a token
+    /// needs. A range past the tensor's end is [`Error::OutOfBounds`].
+    pub fn read(&self, id: u32, offset: u64, dst: &mut [u8]) -> Result<()> {
+        self.inner.read_range(id, offset, dst)
+    }
+
     /// Acquires tensor `id` for a caller that releases by ticket.
     pub fn acquire_ticket(&self, id: u32) -> Result<TicketedAcquisition> {
         self.inner.acquire_ticket(id)

@@ -135,6 +135,42 @@ impl Inner {
         result
     }
 
+    /// [`super::Pager::read`]: a range of a tensor, from its resident copy
+    /// if there is one (held while copying), else from the source.
+    pub(super) fn read_range(&self, id: u32, offset: u64, dst: &mut [u8]) -> Result<()> {
+        self.check_open()?;
+        let slot = self.slot(id)?;
+        let info = slot.info();
+        source::check_range(
+            &|| format!("read of {}", self.label(id)),
+            offset,
+            dst.len() as u64,
+            info.size,
+        )?;
+        if dst.is_empty() {
+            return Ok(());
+        }
+        if slot.try_acquire_resident(false).is_some() {
+            let data = slot.data.load(Ordering::Acquire);
+            // SAFETY: the in-use reference taken above keeps the slot
+            // resident and its data valid for `info.size` bytes, and
+            // offset + len <= size was checked.
+            let bytes = unsafe { std::slice::from_raw_parts(data.add(offset as usize), dst.len()) };
+            dst.copy_from_slice(bytes);
+            self.release_slot(id);
+            return Ok(());
+        }
+        self.source.verify_unchanged()?;
+        let started = Instant::now();
+        self.source
+            .read_exact_at(info.offset + offset, dst)
+            .map_err(|e| annotate(e, &self.label(id)))?;
+        self.read_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.bytes_read.fetch_add(dst.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Owner of a LOADING slot: reserve budget, read, publish.
     pub(super) fn read_into_slot(&self, id: u32, intent: Intent) -> Result<()> {
         let slot = self.slot_unchecked(id);
