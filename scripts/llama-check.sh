@@ -73,6 +73,41 @@ for spec in "100% pread 2" "75% pread 2" "50% pread 2" "35% pread 2" "50% direct
   fi
 done
 [ "$(wc -l <"$work/unpaged.ids")" -gt 0 ] || { echo "no tokens generated"; exit 1; }
+
+# The headline: in a memory cgroup limited to what llama.cpp needs besides
+# the weights plus half of them, stock llama.cpp (mmap) against the pager,
+# page cache dropped first, the same tokens required. The pager's budget is
+# 40% of the weights: its reader threads and its buffers' rounding take
+# about 10 MiB of the half beside the budget.
+cg_rel=$(awk -F: '$2 ~ /(^|,)memory(,|$)/ {print $3}' /proc/self/cgroup)
+cg=/sys/fs/cgroup/memory${cg_rel%/}/llama-check-$$
+if [ -n "$cg_rel" ] && mkdir "$cg" 2>/dev/null; then
+  model_mib=$(grep -o 'of [0-9.]* MiB)' "$work/paged-50%-pread-2-readers.out" | head -1 | tr -dc '0-9.')
+  rss_mib=$(grep -o 'peak RSS [0-9.]* MiB' "$work/unpaged.out" | tr -dc '0-9.')
+  limit=$(python3 -c "print(int(($rss_mib - $model_mib + $model_mib / 2) * 2**20))")
+  echo "$limit" >"$cg/memory.limit_in_bytes"
+  drop_cache() { python3 -c 'import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$model"; }
+  limited() { # name args...
+    local name=$1; shift
+    drop_cache
+    sh -c 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"' sh "$cg" \
+      "$exe" -m "$model" -p "$prompt" -n "$tokens" --print-ids "$@" >"$work/$name.out" 2>"$work/$name.err" || {
+      echo "llama-paged $* in the memory cgroup failed:"; tail -3 "$work/$name.err"; rmdir "$cg"; exit 1
+    }
+    grep -E '^[0-9]+$' "$work/$name.out" >"$work/$name.ids"
+    printf '%-28s %s\n' "$name" "$(grep '^llama-paged:' "$work/$name.out")"
+  }
+  echo "in a memory cgroup of $((limit >> 20)) MiB (llama.cpp's own $(python3 -c "print(round($rss_mib - $model_mib))") MiB + half the weights):"
+  limited limited-unpaged --no-pager
+  limited limited-paged-40% --budget 40%
+  rmdir "$cg"
+  cmp -s "$work/unpaged.ids" "$work/limited-paged-40%.ids" || { echo "MISMATCH under the memory limit"; exit 1; }
+  speedup=$(python3 -c "import re, sys; t = [float(re.search(r'([0-9.]+) tokens/s', open(f).read()).group(1)) for f in sys.argv[1:]]; print(f'{t[1] / t[0]:.2f}')" \
+    "$work/limited-unpaged.out" "$work/limited-paged-40%.out")
+  echo "under the limit, layerpager runs ${speedup}x the tokens/s of llama.cpp alone"
+else
+  echo "no memory cgroup can be made here (not root, or no cgroup v1 memory controller): the comparison under a memory limit is skipped"
+fi
 if [ $fail -ne 0 ]; then
   exit 1
 fi
