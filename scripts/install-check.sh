@@ -31,4 +31,21 @@ cc examples/pkg-config/main.c $(pkg-config --cflags --libs layerpager) -o "$work
 cc examples/pkg-config/main.c $(pkg-config --cflags layerpager) "$(pkg-config --variable=libdir layerpager)/liblayerpager.a" \
   $(pkg-config --libs-only-other --static layerpager) $(pkg-config --static --libs-only-l layerpager | sed 's/-llayerpager//') -o "$work/pc-demo-static"
 "$work/pc-demo-static" "$model"
+echo "== an outside llama.cpp engine (examples/llama-consumer) against the installed package,"
+echo "   on another GGUF (the real model requantized to Q8_0): the same token ids at half budget"
+eval "$(scripts/llama-cpp.sh llama)"
+py=${LAYERPAGER_PYTHON:-.venv/bin/python3}
+[ -x "$py" ] || py=python3
+"$py" scripts/requantize.py "$(scripts/llama-model.sh)" "$work/q8.gguf" >/dev/null
+cmake -S examples/llama-consumer -B "$work/llama-consumer" -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_PREFIX_PATH="$work/prefix" -DLLAMA_CPP_SRC="$LLAMA_CPP_SRC" -DLLAMA_CPP_BUILD="$LLAMA_CPP_BUILD" >/dev/null
+cmake --build "$work/llama-consumer" -j2
+for run in "--no-pager" "--budget 50%"; do
+  # shellcheck disable=SC2086
+  "$work/llama-consumer/llama-paged" -m "$work/q8.gguf" -n 24 --print-ids $run >"$work/ids.out" 2>"$work/ids.err" ||
+    { cat "$work/ids.err"; exit 1; }
+  grep '^llama-paged:' "$work/ids.out"
+  grep -E '^[0-9]+$' "$work/ids.out" >"$work/ids-${run// /}"
+done
+cmp "$work/ids---no-pager" "$work/ids---budget50%"
 echo "install-check: all passed"
