@@ -32,7 +32,8 @@ impl Inner {
     /// How many bytes the read-ahead may hold unused. Every byte it holds
     /// is a byte the kept part of the model cannot, and is read again each
     /// pass; so when the model does not fit, the window is a small share of
-    /// what does not fit (at least one tensor, so that reads overlap
+    /// what does not fit (1/32: about 3% more reads than the pager alone,
+    /// measured on llama.cpp; at least one tensor, so that reads overlap
     /// compute), and unlimited when it does.
     pub(super) fn read_ahead_window(&self) -> u64 {
         let budget = self.budget.load(Ordering::Relaxed);
@@ -47,7 +48,7 @@ impl Inner {
         }
         // Room that is free now costs the kept part nothing.
         let free = budget.saturating_sub(self.lock_evict().held());
-        ((model - budget) / 16).max(free)
+        ((model - budget) / 32).max(free)
     }
 }
 
