@@ -37,6 +37,8 @@ pub(super) struct EvictState {
     /// arena instead of the pool; its free bytes count against the budget
     /// as pooled buffers do.
     pub(super) arena: Option<Arc<Arena>>,
+    /// The largest tensor of the file: the smallest arena chunk.
+    pub(super) largest_tensor: u64,
 }
 
 impl EvictState {
@@ -73,14 +75,18 @@ impl EvictState {
         if room < need {
             return Ok(None);
         }
+        // Every chunk can hold the largest tensor, so that any chunk freed
+        // by evictions serves any load.
         let target = if budget == 0 {
             UNLIMITED_ARENA_CHUNK
         } else {
             budget / 4
-        };
-        // A whole number of this tensor's footprint: tensors of one shape
-        // (most of a model) then fill chunks without a remainder.
-        let chunk = (target.max(need).div_ceil(need) * need).min(room / need * need);
+        }
+        .max(self.largest_tensor);
+        // A whole number of the largest tensor: chunks of one size, so that
+        // a wholly free chunk is never the wrong size to keep.
+        let unit = self.largest_tensor.max(need);
+        let chunk = (target.div_ceil(unit) * unit).min(room / need * need);
         arena.grow(chunk as usize)?;
         Ok(arena.carve(len as usize))
     }
@@ -202,7 +208,8 @@ impl Inner {
                 // Every buffer comes from the arena: room is made by
                 // evicting (ranges go back and coalesce), or by giving a
                 // wholly free chunk back so that a larger one fits.
-                if self.evict_one_for(&mut g, id, readahead.then_some(id)) || g.free_one() {
+                // (A read-ahead never gives chunks back: the allocator is slow.)
+                if self.evict_one_for(&mut g, id, readahead.then_some(id)) || (!readahead && g.free_one()) {
                     continue;
                 }
             } else {

@@ -104,6 +104,7 @@ impl Pager {
             budget: AtomicU64::new(options.budget_bytes),
             evict: Mutex::new(EvictState {
                 arena: arena.clone(),
+                largest_tensor,
                 ..EvictState::default()
             }),
             budget_freed: Condvar::new(),
