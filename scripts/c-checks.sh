@@ -9,7 +9,7 @@ py=${LAYERPAGER_PYTHON:-.venv/bin/python3}
 [ -x "$py" ] || py=python3
 what=${1:-all}
 cargo build --release --lib --quiet -p layerpager
-lib=target/release/liblayerpager.a
+lib=${CARGO_TARGET_DIR:-target}/release/liblayerpager.a
 libs=$(cat cmake/native-static-libs.txt)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -19,7 +19,7 @@ ggml_libs=("$LLAMA_CPP_BUILD/ggml/src/libggml.a" "$LLAMA_CPP_BUILD/ggml/src/libg
 build() { # out flags...
   local out=$1; shift
   g++ -std=c++17 -O1 -g "$@" -I "$LLAMA_CPP_SRC" -I "$LLAMA_CPP_SRC/ggml/include" -I include \
-    c-tests/ggml/gguf_agreement.cpp "${ggml_libs[@]}" target/release/liblayerpager.a \
+    c-tests/ggml/gguf_agreement.cpp "${ggml_libs[@]}" "${CARGO_TARGET_DIR:-target}/release/liblayerpager.a" \
     $(cat cmake/native-static-libs.txt) -o "$out"
 }
 mkdir -p "$work/files"

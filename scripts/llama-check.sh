@@ -28,7 +28,7 @@ g++ -std=c++17 -O2 -g -Wall -Wextra -pthread \
   ggml/llama-paged.cpp ggml/layerpager-ggml.cpp \
   "$LLAMA_CPP_BUILD/src/libllama.a" "$LLAMA_CPP_BUILD/ggml/src/libggml.a" \
   "$LLAMA_CPP_BUILD/ggml/src/libggml-cpu.a" "$LLAMA_CPP_BUILD/ggml/src/libggml-base.a" \
-  target/release/liblayerpager.a $(cat cmake/native-static-libs.txt) -o "$exe"
+  "${CARGO_TARGET_DIR:-target}/release/liblayerpager.a" $(cat cmake/native-static-libs.txt) -o "$exe"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --quiet --lib -p layerpager
-header=$(ls -t target/debug/build/layerpager-*/out/layerpager.h | head -n 1)
+header=$(ls -t "${CARGO_TARGET_DIR:-target}"/debug/build/layerpager-*/out/layerpager.h | head -n 1)
 cp "$header" include/layerpager.h
 echo "include/layerpager.h updated from $header"
