@@ -2,14 +2,12 @@
 
 mod common;
 
-use std::ffi::c_void;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::atomic::Ordering;
+use std::sync::Barrier;
 use std::time::Duration;
 
-use common::{assert_pattern, even_table, pattern, pattern_file};
-use layerpager::source::CallbackSource;
-use layerpager::{Error, Pager, PagerOptions, PolicyKind, Status, TensorIndex};
+use common::{assert_pattern, even_table, pattern_file, probe, probe_pager};
+use layerpager::{Error, Pager, PagerOptions, PolicyKind, Status};
 
 fn table_pager(n: usize, size: u64, options: PagerOptions) -> (tempfile::TempDir, Pager) {
     let (dir, path) = pattern_file(n * size as usize);
@@ -236,49 +234,6 @@ fn bad_ids_are_invalid_arguments() {
         pager.find("nope").unwrap_err().status(),
         Status::PAGER_ERR_NOT_FOUND
     );
-}
-
-/// A callback source that counts reads and can be told to fail or stall.
-struct Probe {
-    data: Vec<u8>,
-    reads: AtomicUsize,
-    fail_with: AtomicUsize,
-    delay_ms: u64,
-}
-
-unsafe extern "C" fn probe_read(user: *mut c_void, offset: u64, dst: *mut c_void, len: usize) -> i32 {
-    // SAFETY: user is the Probe the test keeps alive longer than the pager.
-    let probe = unsafe { &*(user as *const Probe) };
-    probe.reads.fetch_add(1, Ordering::SeqCst);
-    std::thread::sleep(Duration::from_millis(probe.delay_ms));
-    let fail = probe.fail_with.load(Ordering::SeqCst);
-    if fail != 0 {
-        return fail as i32;
-    }
-    let src = &probe.data[offset as usize..offset as usize + len];
-    // SAFETY: dst has room for len bytes per the callback contract.
-    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, len) };
-    0
-}
-
-fn probe_pager(probe: &Arc<Probe>, n: usize, size: u64, options: PagerOptions) -> Pager {
-    let source = CallbackSource::new(
-        Arc::as_ptr(probe) as *mut c_void,
-        probe.data.len() as u64,
-        probe_read,
-        None,
-    );
-    let index = TensorIndex::from_table(&even_table(n, size), probe.data.len() as u64).unwrap();
-    Pager::with_source(Box::new(source), index, options).unwrap()
-}
-
-fn probe(len: usize, delay_ms: u64) -> Arc<Probe> {
-    Arc::new(Probe {
-        data: (0..len).map(pattern).collect(),
-        reads: AtomicUsize::new(0),
-        fail_with: AtomicUsize::new(0),
-        delay_ms,
-    })
 }
 
 #[test]

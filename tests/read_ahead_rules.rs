@@ -5,43 +5,18 @@
 
 mod common;
 
-use std::ffi::c_void;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{assert_pattern, even_table, pattern};
-use layerpager::source::{CallbackSource, MemorySource};
+use common::{assert_pattern, even_table, pattern, probe, probe_pager, Probe};
+use layerpager::source::MemorySource;
 use layerpager::{Pager, PagerOptions, Status, TensorIndex};
 
-/// A callback source whose every read takes `delay_ms`.
-struct SlowSource {
-    data: Vec<u8>,
-    delay_ms: u64,
-    reads: AtomicUsize,
-}
-
-unsafe extern "C" fn slow_read(user: *mut c_void, offset: u64, dst: *mut c_void, len: usize) -> i32 {
-    // SAFETY: user is the SlowSource the test keeps alive longer than the pager.
-    let source = unsafe { &*(user as *const SlowSource) };
-    source.reads.fetch_add(1, Ordering::SeqCst);
-    std::thread::sleep(Duration::from_millis(source.delay_ms));
-    let src = &source.data[offset as usize..offset as usize + len];
-    // SAFETY: dst has room for len bytes per the callback contract.
-    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, len) };
-    0
-}
-
-fn slow_pager(n: usize, size: u64, delay_ms: u64, options: PagerOptions) -> (Arc<SlowSource>, Pager) {
-    let len = n * size as usize;
-    let slow = Arc::new(SlowSource {
-        data: (0..len).map(pattern).collect(),
-        delay_ms,
-        reads: AtomicUsize::new(0),
-    });
-    let source = CallbackSource::new(Arc::as_ptr(&slow) as *mut c_void, len as u64, slow_read, None);
-    let index = TensorIndex::from_table(&even_table(n, size), len as u64).unwrap();
-    let pager = Pager::with_source(Box::new(source), index, options).unwrap();
+/// A pager over a probe whose every read takes `delay_ms`.
+fn slow_pager(n: usize, size: u64, delay_ms: u64, options: PagerOptions) -> (Arc<Probe>, Pager) {
+    let slow = probe(n * size as usize, delay_ms);
+    let pager = probe_pager(&slow, n, size, options);
     (slow, pager)
 }
 

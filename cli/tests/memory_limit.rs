@@ -56,44 +56,61 @@ impl Drop for MemoryCgroup {
     }
 }
 
-#[test]
-fn default_io_mode_holds_a_cgroup_limit_of_budget_plus_8_mib() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("m.gguf");
-    let exe = env!("CARGO_BIN_EXE_layerpager");
-    let synth = Command::new(exe)
-        .args(["synth", model.to_str().unwrap(), "--layers", "9"])
+const EXE: &str = env!("CARGO_BIN_EXE_layerpager");
+
+/// A synthetic llama-shaped model of `layers` blocks in `dir`.
+fn synth(dir: &Path, layers: u32) -> PathBuf {
+    let model = dir.join("m.gguf");
+    let out = Command::new(EXE)
+        .args(["synth", model.to_str().unwrap(), "--layers", &layers.to_string()])
         .output()
         .unwrap();
-    assert!(
-        synth.status.success(),
-        "{}",
-        String::from_utf8_lossy(&synth.stderr)
-    );
-    let model_bytes = std::fs::metadata(&model).unwrap().len();
-    let budget = model_bytes / 2;
-    let cgroup = match MemoryCgroup::create(budget + 8 * MIB) {
-        Ok(c) => c,
-        Err(why) => {
-            eprintln!("skipped: no memory cgroup can be made here ({why})");
-            return;
-        }
-    };
-    // The shell moves itself into the cgroup, then becomes the bench.
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    model
+}
+
+/// `layerpager bench MODEL --budget BUDGET --passes 2` inside `cgroup` (the
+/// shell moves itself in, then becomes the bench); stdout and stderr.
+fn bench_in(cgroup: &MemoryCgroup, model: &Path, budget: &str) -> (bool, String, String) {
     let script = format!(
-        "echo $$ > '{}' && exec '{exe}' bench '{}' --budget {budget} --passes 2",
+        "echo $$ > '{}' && exec '{EXE}' bench '{}' --budget {budget} --passes 2",
         cgroup.0.join("cgroup.procs").display(),
         model.display()
     );
     let out = Command::new("sh").args(["-c", &script]).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A cgroup limited to `limit`, or `None` (said on stderr) where none can be made.
+fn cgroup_or_skip(limit: u64) -> Option<MemoryCgroup> {
+    match MemoryCgroup::create(limit) {
+        Ok(c) => Some(c),
+        Err(why) => {
+            eprintln!("skipped: no memory cgroup can be made here ({why})");
+            None
+        }
+    }
+}
+
+#[test]
+fn default_io_mode_holds_a_cgroup_limit_of_budget_plus_8_mib() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = synth(dir.path(), 9);
+    let budget = std::fs::metadata(&model).unwrap().len() / 2;
+    let Some(cgroup) = cgroup_or_skip(budget + 8 * MIB) else {
+        return;
+    };
+    let (ok, stdout, stderr) = bench_in(&cgroup, &model, &budget.to_string());
     assert_eq!(
         cgroup.oom_kills(),
         0,
         "OOM-killed under budget + 8 MiB:\n{stdout}\n{stderr}"
     );
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(ok, "{stdout}\n{stderr}");
     let peak: u64 = cgroup
         .read("memory.max_usage_in_bytes")
         .trim()
@@ -109,30 +126,12 @@ fn default_io_mode_holds_a_cgroup_limit_of_budget_plus_8_mib() {
 #[test]
 fn budget_auto_follows_the_cgroup_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("m.gguf");
-    let exe = env!("CARGO_BIN_EXE_layerpager");
-    let synth = Command::new(exe)
-        .args(["synth", model.to_str().unwrap(), "--layers", "4"])
-        .output()
-        .unwrap();
-    assert!(synth.status.success());
-    let limit = 160 * MIB;
-    let cgroup = match MemoryCgroup::create(limit) {
-        Ok(c) => c,
-        Err(why) => {
-            eprintln!("skipped: no memory cgroup can be made here ({why})");
-            return;
-        }
+    let model = synth(dir.path(), 4);
+    let Some(cgroup) = cgroup_or_skip(160 * MIB) else {
+        return;
     };
-    let script = format!(
-        "echo $$ > '{}' && exec '{exe}' bench '{}' --budget auto --passes 2",
-        cgroup.0.join("cgroup.procs").display(),
-        model.display()
-    );
-    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let (ok, stdout, stderr) = bench_in(&cgroup, &model, "auto");
+    assert!(ok, "{stdout}\n{stderr}");
     assert_eq!(cgroup.oom_kills(), 0);
     // The budget is the limit less what the process used then, less 64 MiB.
     let line = stdout

@@ -141,3 +141,60 @@ pub fn pattern(i: usize) -> u8 {
 pub fn even_table(n: usize, size: u64) -> Vec<(String, u64, u64)> {
     (0..n).map(|i| (format!("t{i}"), i as u64 * size, size)).collect()
 }
+
+/// A callback source over the pattern bytes that counts reads and can be
+/// told to fail (an errno) or to take `delay_ms` per read.
+pub struct Probe {
+    pub data: Vec<u8>,
+    pub reads: std::sync::atomic::AtomicUsize,
+    pub fail_with: std::sync::atomic::AtomicUsize,
+    pub delay_ms: u64,
+}
+
+unsafe extern "C" fn probe_read(
+    user: *mut std::ffi::c_void,
+    offset: u64,
+    dst: *mut std::ffi::c_void,
+    len: usize,
+) -> i32 {
+    use std::sync::atomic::Ordering;
+    // SAFETY: user is the Probe the test keeps alive longer than the pager.
+    let probe = unsafe { &*(user as *const Probe) };
+    probe.reads.fetch_add(1, Ordering::SeqCst);
+    std::thread::sleep(std::time::Duration::from_millis(probe.delay_ms));
+    let fail = probe.fail_with.load(Ordering::SeqCst);
+    if fail != 0 {
+        return fail as i32;
+    }
+    let src = &probe.data[offset as usize..offset as usize + len];
+    // SAFETY: dst has room for len bytes per the callback contract.
+    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, len) };
+    0
+}
+
+/// A probe over `len` pattern bytes whose reads take `delay_ms`.
+pub fn probe(len: usize, delay_ms: u64) -> std::sync::Arc<Probe> {
+    std::sync::Arc::new(Probe {
+        data: (0..len).map(pattern).collect(),
+        reads: std::sync::atomic::AtomicUsize::new(0),
+        fail_with: std::sync::atomic::AtomicUsize::new(0),
+        delay_ms,
+    })
+}
+
+/// A pager over `probe` with `n` tensors of `size` bytes each.
+pub fn probe_pager(
+    probe: &std::sync::Arc<Probe>,
+    n: usize,
+    size: u64,
+    options: layerpager::PagerOptions,
+) -> layerpager::Pager {
+    let source = layerpager::source::CallbackSource::new(
+        std::sync::Arc::as_ptr(probe) as *mut std::ffi::c_void,
+        probe.data.len() as u64,
+        probe_read,
+        None,
+    );
+    let index = layerpager::TensorIndex::from_table(&even_table(n, size), probe.data.len() as u64).unwrap();
+    layerpager::Pager::with_source(Box::new(source), index, options).unwrap()
+}
