@@ -111,7 +111,7 @@ static void bad_options(const char *model) {
   pager_options_default(&o);
   CHECK(o.struct_size == sizeof(pager_options_t));
   CHECK(o.alignment == 64 && o.policy == PAGER_POLICY_AUTO && o.io_mode == PAGER_IO_PREAD);
-  CHECK(o.prefetch_threads == 2 && o.budget_bytes == 0 && o.wait_ms == 0 && o.allocator == NULL);
+  CHECK(o.prefetch_threads == 1 && o.budget_bytes == 0 && o.wait_ms == 0 && o.allocator == NULL);
   o.policy = 77;
   CHECK_STATUS(pager_open_gguf(model, &o, &p), PAGER_ERR_INVALID_ARGUMENT);
   CHECK(p == NULL);

@@ -299,7 +299,7 @@ typedef struct pager_options_t {
   uint32_t io_mode;
   /**
    * Background reader threads that read ahead along the schedule and
-   * serve `pager_prefetch`; 0 = no background reads. Default 2.
+   * serve `pager_prefetch`; 0 = no background reads. Default 1.
    */
   uint32_t prefetch_threads;
   /**

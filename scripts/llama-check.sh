@@ -45,9 +45,9 @@ run() { # name args...
 echo "model $(basename "$model"), $tokens greedy tokens, 1 thread"
 run unpaged --no-pager
 fail=0
-for spec in "100% pread 2" "75% pread 2" "50% pread 2" "35% pread 2" "50% direct 2" "50% mmap 2" "50% pread 0"; do
+for spec in "100% pread 1" "75% pread 1" "50% pread 1" "35% pread 1" "50% direct 1" "50% mmap 1" "50% pread 0" "50% pread 2"; do
   read -r budget io readers <<<"$spec"
-  name="paged-$budget-$io-$readers-readers"
+  name="paged-$budget-$io-$readers-reader$([ "$readers" = 1 ] || echo s)"
   run "$name" --budget "$budget" --io "$io" --readers "$readers"
   if ! cmp -s "$work/unpaged.ids" "$work/$name.ids"; then
     echo "MISMATCH: $name generated other tokens than llama.cpp without the pager"
@@ -65,7 +65,7 @@ done
 cg_rel=$(awk -F: '$2 ~ /(^|,)memory(,|$)/ {print $3}' /proc/self/cgroup)
 cg=/sys/fs/cgroup/memory${cg_rel%/}/llama-check-$$
 if [ -n "$cg_rel" ] && mkdir "$cg" 2>/dev/null; then
-  model_mib=$(grep -o 'of [0-9.]* MiB)' "$work/paged-50%-pread-2-readers.out" | head -1 | tr -dc '0-9.')
+  model_mib=$(grep -o 'of [0-9.]* MiB)' "$work/paged-50%-pread-1-reader.out" | head -1 | tr -dc '0-9.')
   rss_mib=$(grep -o 'peak RSS [0-9.]* MiB' "$work/unpaged.out" | tr -dc '0-9.')
   limit=$(python3 -c "print(int(($rss_mib - $model_mib + $model_mib / 2) * 2**20))")
   echo "$limit" >"$cg/memory.limit_in_bytes"

@@ -106,7 +106,7 @@ fn bench_compares_with_the_seed_design_on_a_real_file() {
     ]);
     assert!(ok, "{err}");
     assert!(out.contains("seed design: LRU, read on demand"), "{out}");
-    assert!(out.contains("layerpager, schedule declared, 2 readers"), "{out}");
+    assert!(out.contains("layerpager, schedule declared, 1 reader"), "{out}");
     assert!(out.contains("raw pread"), "{out}");
 }
 

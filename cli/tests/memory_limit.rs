@@ -118,7 +118,7 @@ fn default_io_mode_holds_a_cgroup_limit_of_budget_plus_8_mib() {
         .unwrap_or(0);
     assert!(peak <= budget + 8 * MIB, "peak {peak} past the limit");
     assert!(
-        stdout.contains("layerpager, schedule declared, 2 readers"),
+        stdout.contains("layerpager, schedule declared, 1 reader"),
         "{stdout}"
     );
 }

@@ -62,7 +62,7 @@ pub struct pager_options_t {
     /// `PAGER_IO_PREAD` (default), `PAGER_IO_DIRECT`, `PAGER_IO_MMAP`.
     pub io_mode: u32,
     /// Background reader threads that read ahead along the schedule and
-    /// serve `pager_prefetch`; 0 = no background reads. Default 2.
+    /// serve `pager_prefetch`; 0 = no background reads. Default 1.
     pub prefetch_threads: u32,
     /// Alignment of every tensor's data pointer, a power of two; default 64.
     pub alignment: u32,

@@ -17,7 +17,9 @@ pub struct PagerOptions {
     pub policy: PolicyKind,
     /// How file sources are read.
     pub io_mode: IoMode,
-    /// Background reader threads; 0 means no background reads. Default 2.
+    /// Background reader threads; 0 means no background reads. Default 1:
+    /// one reader overlaps reads with compute; more read more bytes for now
+    /// (they run further ahead of the engine than the window allows).
     pub prefetch_threads: u32,
     /// Alignment of every tensor's data pointer (a power of two).
     pub alignment: usize,
@@ -35,7 +37,7 @@ impl Default for PagerOptions {
             budget_bytes: 0,
             policy: PolicyKind::Auto,
             io_mode: IoMode::Pread,
-            prefetch_threads: 2,
+            prefetch_threads: 1,
             alignment: 64,
             wait_ms: 0,
             allocator: None,

@@ -32,7 +32,7 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_enum, default_value_t = IoArg::Pread)]
     io: IoArg,
     /// Background reader threads.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 1)]
     prefetch: u32,
     /// Simulated compute speed in GB/s of weights (none: I/O only).
     #[arg(long)]
@@ -249,7 +249,11 @@ pub(crate) fn bench(a: BenchArgs) -> Result<(), Error> {
         }
         runs.push(measure(
             &a.model,
-            &format!("layerpager, {declared}, {} readers", a.prefetch),
+            &format!(
+                "layerpager, {declared}, {} reader{}",
+                a.prefetch,
+                if a.prefetch == 1 { "" } else { "s" }
+            ),
             ours,
             config,
             a.warm,

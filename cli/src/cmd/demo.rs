@@ -71,7 +71,7 @@ pub(crate) fn demo_in(dir: &Path) -> Result<(), Error> {
         ..Default::default()
     };
     let with_readers = PagerOptions {
-        prefetch_threads: 2,
+        prefetch_threads: 1,
         ..base.clone()
     };
     let runs = vec![
