@@ -163,7 +163,7 @@ impl Inner {
     /// it ends (as an idle tensor to evict), and while a demand waits no
     /// read-ahead takes budget. Only when pinned, in-use and demand-loading
     /// tensors hold the room does it wait up to `wait_ms` for a release, or
-    /// fail with [`Error::Budget`]. A read-ahead (`Intent::Prefetch`) never
+    /// fail with [`Error::Budget`]. A read-ahead (a guess: `Intent::Prefetch` or `ReadAhead`) never
     /// waits, never charges while a demand waits, and evicts only tensors
     /// needed later than the one it loads.
     pub(super) fn reserve(
@@ -174,7 +174,7 @@ impl Inner {
         wants_buffer: bool,
     ) -> Result<Option<TensorBuffer>> {
         let mut g = self.lock_evict();
-        let readahead = intent == Intent::Prefetch;
+        let readahead = intent.is_guess();
         let deadline = Instant::now() + Duration::from_millis(self.wait_ms as u64);
         let mut waited: Option<Instant> = None;
         let mut registered = false;
@@ -194,6 +194,17 @@ impl Inner {
                     "read-ahead of {} yields to a waiting acquire",
                     self.label(id)
                 )));
+            }
+            if intent == Intent::ReadAhead {
+                // The window checked where charges change, so that several
+                // readers together stay inside it.
+                let ahead = self.unused_prefetched_bytes();
+                if ahead > 0 && ahead + charge > self.read_ahead_window(g.held()) {
+                    break Err(Error::Budget(format!(
+                        "read-ahead of {}: the read-ahead window is full",
+                        self.label(id)
+                    )));
+                }
             }
             if wants_buffer {
                 match g.take_buffer(charge, budget) {

@@ -19,7 +19,18 @@ use crate::source::{self, TensorBuffer};
 pub(super) enum Intent {
     Acquire,
     Pin,
+    /// An explicit request (`prefetch`, `hint`): a guess the engine made.
     Prefetch,
+    /// Read-ahead along the schedule: a guess of ours, kept inside the
+    /// read-ahead window.
+    ReadAhead,
+}
+
+impl Intent {
+    /// A read nobody waits for yet: it yields to demands.
+    pub(super) fn is_guess(self) -> bool {
+        matches!(self, Intent::Prefetch | Intent::ReadAhead)
+    }
 }
 
 impl Inner {
@@ -44,7 +55,7 @@ impl Inner {
                             .word
                             .compare_exchange(w, w | PINNED, Ordering::AcqRel, Ordering::Acquire)
                             .is_ok(),
-                        Intent::Prefetch => true,
+                        Intent::Prefetch | Intent::ReadAhead => true,
                     };
                     if done {
                         break Ok(());
@@ -63,7 +74,7 @@ impl Inner {
                             w,
                             (w & !(PINNED | PREFETCHED))
                                 | LOADING
-                                | if intent == Intent::Prefetch { PREFETCHED } else { 0 },
+                                | if intent.is_guess() { PREFETCHED } else { 0 },
                             Ordering::AcqRel,
                             Ordering::Acquire,
                         )
@@ -74,7 +85,7 @@ impl Inner {
                 }
                 _ => {
                     // LOADING or EVICTING: wait for the transition to end.
-                    if intent == Intent::Prefetch {
+                    if intent.is_guess() {
                         break Ok(());
                     }
                     if intent == Intent::Acquire && !waiting {
@@ -188,7 +199,7 @@ impl Inner {
                 match intent {
                     Intent::Acquire => word += IN_USE_ONE,
                     Intent::Pin => word |= PINNED,
-                    Intent::Prefetch => word |= PREFETCHED,
+                    Intent::Prefetch | Intent::ReadAhead => word |= PREFETCHED,
                 }
                 // Keep the hit counter bits of the word.
                 let hits = slot.load_word() & slot::HITS_MASK;
@@ -198,7 +209,7 @@ impl Inner {
             Err(e) => {
                 // A read-ahead that did not fit is no verdict on the tensor:
                 // whoever waited for it reads it on its own.
-                sync.failure = (intent != Intent::Prefetch).then(|| (sync.load_generation, e.clone()));
+                sync.failure = (!intent.is_guess()).then(|| (sync.load_generation, e.clone()));
                 let hits = slot.load_word() & slot::HITS_MASK;
                 slot.word.store(ABSENT | hits, Ordering::Release);
                 Err(e)
@@ -206,7 +217,7 @@ impl Inner {
         };
         drop(sync);
         slot.changed.notify_all();
-        if intent == Intent::Prefetch {
+        if intent.is_guess() {
             // Its budget is now an idle tensor's (or free): a demand waiting
             // for it can take it.
             self.wake_budget_waiters();

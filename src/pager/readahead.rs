@@ -35,7 +35,8 @@ impl Inner {
     /// what does not fit (1/32: about 3% more reads than the pager alone,
     /// measured on llama.cpp; at least one tensor, so that reads overlap
     /// compute), and unlimited when it does.
-    pub(super) fn read_ahead_window(&self) -> u64 {
+    /// `held`: the bytes held against the budget now.
+    pub(super) fn read_ahead_window(&self, held: u64) -> u64 {
         let budget = self.budget.load(Ordering::Relaxed);
         let model = self.index.total_bytes();
         if budget == 0 {
@@ -47,7 +48,7 @@ impl Inner {
             return u64::MAX;
         }
         // Room that is free now costs the kept part nothing.
-        let free = budget.saturating_sub(self.lock_evict().held());
+        let free = budget.saturating_sub(held);
         ((model - budget) / 32).max(free)
     }
 }
@@ -82,7 +83,7 @@ impl ReadAheadTarget for Inner {
         let start = self.policy.position();
         let mut upcoming = Vec::new();
         self.policy.upcoming(max, &mut upcoming);
-        let window = self.read_ahead_window();
+        let window = self.read_ahead_window(self.lock_evict().held());
         for id in upcoming {
             if self.check_open().is_err() {
                 return;
@@ -105,7 +106,7 @@ impl ReadAheadTarget for Inner {
             if self.policy.position() != start {
                 return;
             }
-            if self.load(id, Intent::Prefetch).is_err() {
+            if self.load(id, Intent::ReadAhead).is_err() {
                 return;
             }
         }
