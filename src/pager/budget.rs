@@ -215,6 +215,11 @@ impl Inner {
                     Err(e) => break Err(e),
                 }
             }
+            // Read-aheads in flight, seen before trying to evict: one that
+            // ends during the attempt (its state changes without this lock)
+            // then still counts, and the demand tries again instead of
+            // failing with room about to be evictable.
+            let readaheads_in_flight = !readahead && self.readahead_bytes_in_flight() > 0;
             if wants_buffer && g.arena.is_some() {
                 // Every buffer comes from the arena: room is made by
                 // evicting (ranges go back and coalesce), or by giving a
@@ -240,7 +245,6 @@ impl Inner {
             }
             // A read-ahead in flight is a guess holding a demand's room: wait
             // for it to end, bounded by its read, not by wait_ms.
-            let readaheads_in_flight = self.readahead_bytes_in_flight() > 0;
             let now = Instant::now();
             if !readaheads_in_flight {
                 if self.wait_ms == 0 {
