@@ -215,12 +215,17 @@ impl Inner {
                     Err(e) => break Err(e),
                 }
             }
-            // Read-aheads in flight, seen before trying to evict: one that
-            // ends during the attempt (its state changes without this lock)
-            // then still counts, and the demand tries again instead of
-            // failing with room about to be evictable.
+            let arena_buffers = wants_buffer && g.arena.is_some();
+            if !arena_buffers && (budget == 0 || g.held() + charge <= budget) {
+                break Ok((charge, None));
+            }
+            // Read-aheads in flight, seen before trying to evict (a scan, so
+            // only once room must be made): one that ends during the attempt
+            // (its state changes without this lock) then still counts, and
+            // the demand tries again instead of failing with room about to
+            // be evictable.
             let readaheads_in_flight = !readahead && self.readahead_bytes_in_flight() > 0;
-            if wants_buffer && g.arena.is_some() {
+            if arena_buffers {
                 // Every buffer comes from the arena: room is made by
                 // evicting (ranges go back and coalesce), or by giving a
                 // wholly free chunk back so that a larger one fits.
@@ -228,17 +233,12 @@ impl Inner {
                 if self.evict_one_for(&mut g, id, readahead.then_some(id)) || (!readahead && g.free_one()) {
                     continue;
                 }
-            } else {
-                if budget == 0 || g.held() + charge <= budget {
-                    break Ok((charge, None));
-                }
-                if g.resident_bytes + charge > budget {
-                    if self.evict_one_for(&mut g, id, readahead.then_some(id)) {
-                        continue;
-                    }
-                } else if g.free_one() {
+            } else if g.resident_bytes + charge > budget {
+                if self.evict_one_for(&mut g, id, readahead.then_some(id)) {
                     continue;
                 }
+            } else if g.free_one() {
+                continue;
             }
             if readahead {
                 break Err(Error::Budget(self.budget_report(&g, id, charge, budget)));
