@@ -5,6 +5,7 @@
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 
 use common::fixture_dir;
@@ -19,6 +20,19 @@ fn layerpager(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// `layerpager plan` on the llama fixture with these budgets and plot path.
+fn plan_fixture(budgets: &str, svg: &Path) -> (bool, String, String) {
+    let model = fixture_dir().join("llama_q4k.gguf");
+    layerpager(&[
+        "plan",
+        model.to_str().unwrap(),
+        "--budgets",
+        budgets,
+        "--svg",
+        svg.to_str().unwrap(),
+    ])
 }
 
 #[test]
@@ -74,15 +88,7 @@ fn bad_flags_are_named() {
 fn plan_prints_a_table_and_writes_a_plot() {
     let dir = tempfile::tempdir().unwrap();
     let svg = dir.path().join("p.svg");
-    let model = fixture_dir().join("llama_q4k.gguf");
-    let (ok, out, err) = layerpager(&[
-        "plan",
-        model.to_str().unwrap(),
-        "--budgets",
-        "25%,50%,1M",
-        "--svg",
-        svg.to_str().unwrap(),
-    ]);
+    let (ok, out, err) = plan_fixture("25%,50%,1M", &svg);
     assert!(ok, "{err}");
     assert!(out.contains("lower bound"), "{out}");
     assert_eq!(
@@ -147,19 +153,10 @@ fn budgets_are_checked_before_any_work() {
 #[test]
 fn plan_shows_budgets_below_the_largest_tensor_as_infeasible() {
     let dir = tempfile::tempdir().unwrap();
-    let svg = dir.path().join("p.svg");
-    let model = fixture_dir().join("llama_q4k.gguf");
-    let (ok, out, err) = layerpager(&[
-        "plan",
-        model.to_str().unwrap(),
-        "--budgets",
-        "1%,50%",
-        "--svg",
-        svg.to_str().unwrap(),
-    ]);
+    let (ok, out, err) = plan_fixture("1%,50%", &dir.path().join("p.svg"));
     assert!(ok, "{err}");
     assert_eq!(out.matches("infeasible").count(), 1, "{out}");
-    let (ok, _, err) = layerpager(&["plan", model.to_str().unwrap(), "--svg", "/nonexistent-dir/p.svg"]);
+    let (ok, _, err) = plan_fixture("50%", Path::new("/nonexistent-dir/p.svg"));
     assert!(!ok);
     assert!(
         err.contains("write of plot '/nonexistent-dir/p.svg'") && err.contains("errno 2"),
