@@ -37,7 +37,8 @@ pub(super) struct EvictState {
     /// arena instead of the pool; its free bytes count against the budget
     /// as pooled buffers do.
     pub(super) arena: Option<Arc<Arena>>,
-    /// The largest tensor of the file: the smallest arena chunk.
+    /// The largest tensor of the file: the smallest arena chunk, and at
+    /// least half the read-ahead window without a budget.
     pub(super) largest_tensor: u64,
 }
 
@@ -199,7 +200,7 @@ impl Inner {
                 // The window checked where charges change, so that several
                 // readers together stay inside it.
                 let ahead = self.unused_prefetched_bytes();
-                if ahead > 0 && ahead + charge > self.read_ahead_window(g.held()) {
+                if ahead > 0 && ahead + charge > self.read_ahead_window(&g) {
                     break Err(Error::Budget(format!(
                         "read-ahead of {}: the read-ahead window is full",
                         self.label(id)

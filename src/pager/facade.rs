@@ -118,7 +118,6 @@ impl Pager {
             bytes_read: AtomicU64::new(0),
             read_ns: AtomicU64::new(0),
             wait_ns: AtomicU64::new(0),
-            largest_tensor,
             ticket_salt: random_salt(),
             overflow_leases: Mutex::new(HashMap::new()),
             next_overflow: AtomicU64::new(0),

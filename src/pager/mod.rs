@@ -83,8 +83,6 @@ pub(crate) struct Inner {
     bytes_read: AtomicU64,
     read_ns: AtomicU64,
     wait_ns: AtomicU64,
-    /// Size of the largest tensor of the file.
-    largest_tensor: u64,
     /// Random per pager, so a ticket of another pager is refused.
     ticket_salt: u64,
     overflow_leases: Mutex<HashMap<u64, u32>>,

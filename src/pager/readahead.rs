@@ -4,6 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
+use super::budget::EvictState;
 use super::loads::Intent;
 use super::slot::{state_of, ABSENT, PREFETCHED};
 use super::Inner;
@@ -35,20 +36,20 @@ impl Inner {
     /// what does not fit (1/32: about 3% more reads than the pager alone,
     /// measured on llama.cpp; at least one tensor, so that reads overlap
     /// compute), and unlimited when it does.
-    /// `held`: the bytes held against the budget now.
-    pub(super) fn read_ahead_window(&self, held: u64) -> u64 {
+    /// Computed from the eviction state `g` (held bytes, largest tensor).
+    pub(super) fn read_ahead_window(&self, g: &EvictState) -> u64 {
         let budget = self.budget.load(Ordering::Relaxed);
         let model = self.index.total_bytes();
         if budget == 0 {
             // No budget is no licence to read the whole model: enough ahead
             // to overlap the next tensors' reads with compute.
-            return UNLIMITED_READ_AHEAD_WINDOW.max(2 * self.largest_tensor);
+            return UNLIMITED_READ_AHEAD_WINDOW.max(2 * g.largest_tensor);
         }
         if budget >= model {
             return u64::MAX;
         }
         // Room that is free now costs the kept part nothing.
-        let free = budget.saturating_sub(held);
+        let free = budget.saturating_sub(g.held());
         ((model - budget) / 32).max(free)
     }
 }
@@ -83,7 +84,7 @@ impl ReadAheadTarget for Inner {
         let start = self.policy.position();
         let mut upcoming = Vec::new();
         self.policy.upcoming(max, &mut upcoming);
-        let window = self.read_ahead_window(self.lock_evict().held());
+        let window = self.read_ahead_window(&self.lock_evict());
         for id in upcoming {
             if self.check_open().is_err() {
                 return;
