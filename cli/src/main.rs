@@ -12,12 +12,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use layerpager::Error;
-use layerpager_tools::moe::Routing;
+use layerpager_tools::moe::{MoeShape, Routing};
 
 use cmd::bench::{bench, BenchArgs};
 use cmd::demo::demo;
 use cmd::inspect::inspect;
-use cmd::plan::{plan, plan_moe};
+use cmd::plan::{plan, plan_moe, plan_zoo};
 use cmd::synth::synth;
 
 #[derive(Parser)]
@@ -58,18 +58,12 @@ enum Command {
         /// Where to write the plot.
         #[arg(long, default_value = "plan.svg")]
         svg: PathBuf,
-        /// Simulate a Mixtral-shaped MoE model instead, with seeded routing.
+        /// Simulate an MoE model instead (Mixtral's tensor sizes), with
+        /// seeded routing; every policy beside Belady with the routing known.
         #[arg(long)]
         moe: bool,
-        /// MoE routing: Zipf exponent of expert popularity.
-        #[arg(long, default_value_t = 0.8)]
-        zipf: f64,
-        /// MoE routing: chance a token reuses the previous token's expert.
-        #[arg(long, default_value_t = 0.25)]
-        repeat: f64,
-        /// MoE routing: tokens to simulate.
-        #[arg(long, default_value_t = 400)]
-        tokens: usize,
+        #[command(flatten)]
+        moe_args: MoeArgs,
     },
     /// Write a llama-shaped GGUF with random weights (for trying budgets).
     Synth {
@@ -90,6 +84,48 @@ enum Command {
     /// Run forward passes over a real model under a budget, beside the seed
     /// design and a raw pread of the same file.
     Bench(BenchArgs),
+}
+
+/// The MoE model and routing `plan --moe` simulates.
+#[derive(clap::Args, Clone, Copy)]
+pub(crate) struct MoeArgs {
+    /// MoE: blocks.
+    #[arg(long, default_value_t = 32)]
+    layers: u32,
+    /// MoE: experts per block.
+    #[arg(long, default_value_t = 8)]
+    experts: u32,
+    /// MoE: experts chosen per token and block.
+    #[arg(long, default_value_t = 2)]
+    top_k: u32,
+    /// MoE: experts only, no dense tensors.
+    #[arg(long)]
+    no_dense: bool,
+    /// MoE routing: Zipf exponent of expert popularity (0 = uniform).
+    #[arg(long, default_value_t = 0.8)]
+    zipf: f64,
+    /// MoE routing: chance a token reuses the previous token's expert, per slot.
+    #[arg(long, default_value_t = 0.25)]
+    repeat: f64,
+    /// MoE routing: chance a token reuses the previous token's whole choice.
+    #[arg(long, default_value_t = 0.0)]
+    pair_repeat: f64,
+    /// MoE routing: tokens between reshuffles of expert popularity (0 = never).
+    #[arg(long, default_value_t = 0)]
+    drift: usize,
+    /// MoE routing: no router hints before each block.
+    #[arg(long)]
+    no_hints: bool,
+    /// MoE routing: tokens to simulate.
+    #[arg(long, default_value_t = 400)]
+    tokens: usize,
+    /// MoE routing: seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// MoE: run the whole routing zoo (the streams the policy is tested on)
+    /// instead of one stream.
+    #[arg(long)]
+    zoo: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -123,21 +159,21 @@ fn main() -> ExitCode {
             passes,
             svg,
             moe,
-            zipf,
-            repeat,
-            tokens,
+            moe_args: m,
         } => {
-            if moe {
-                plan_moe(
-                    &budgets,
-                    &svg,
-                    Routing {
-                        zipf,
-                        repeat,
-                        ..Routing::default()
-                    },
-                    tokens,
-                )
+            if moe && m.zoo {
+                plan_zoo(&budgets)
+            } else if moe {
+                let shape = MoeShape::with(m.layers, m.experts, m.top_k, !m.no_dense);
+                let routing = Routing {
+                    zipf: m.zipf,
+                    repeat: m.repeat,
+                    pair_repeat: m.pair_repeat,
+                    drift: m.drift,
+                    hints: !m.no_hints,
+                    seed: m.seed,
+                };
+                plan_moe(&budgets, &svg, &shape, routing, m.tokens)
             } else {
                 match model {
                     Some(m) => plan(&m, &budgets, passes, &svg),

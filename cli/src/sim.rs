@@ -13,6 +13,10 @@ use std::sync::Mutex;
 
 use layerpager::policy::EvictionPolicy;
 
+/// Marks a trace entry as a hint (the router named this expert for the
+/// block about to run), not an access.
+pub const HINT: u32 = 1 << 31;
+
 /// What a simulated run cost.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct SimResult {
@@ -37,7 +41,7 @@ impl SimResult {
     }
 }
 
-/// Runs `trace` (tensor ids) through `policy` with tensor `sizes` and a
+/// Runs `trace` (tensor ids, and hints marked with [`HINT`]) through `policy` with tensor `sizes` and a
 /// `budget` in bytes (0 = unlimited). A tensor larger than the budget is
 /// read and dropped at once.
 pub fn simulate(sizes: &[u64], trace: &[u32], budget: u64, policy: &dyn EvictionPolicy) -> SimResult {
@@ -56,7 +60,14 @@ pub fn simulate_from(
     let mut resident = vec![false; sizes.len()];
     let mut held = 0u64;
     let mut r = SimResult::default();
-    for (pos, &id) in trace.iter().enumerate() {
+    policy.set_sizes(0, sizes);
+    policy.set_budget(budget);
+    for (pos, &entry) in trace.iter().enumerate() {
+        if entry & HINT != 0 {
+            policy.on_hint(entry & !HINT);
+            continue;
+        }
+        let id = entry;
         let size = sizes[id as usize];
         let counted = pos >= measure_from;
         if counted {
@@ -111,6 +122,7 @@ pub struct Belady {
 impl Belady {
     /// Belady over a known `trace`.
     pub fn new(trace: &[u32]) -> Self {
+        let trace: Vec<u32> = trace.iter().copied().filter(|&e| e & HINT == 0).collect();
         let mut next = vec![usize::MAX; trace.len()];
         let mut last: HashMap<u32, usize> = HashMap::new();
         for (i, &id) in trace.iter().enumerate().rev() {
@@ -120,7 +132,7 @@ impl Belady {
         Belady {
             next,
             upcoming: Mutex::new((0, last)),
-            trace: trace.to_vec(),
+            trace,
         }
     }
 

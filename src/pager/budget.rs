@@ -443,6 +443,7 @@ impl Inner {
             }
         }
         self.budget.store(budget, Ordering::Relaxed);
+        self.policy.set_budget(budget);
         self.source.set_drop_behind(budget != 0);
         self.budget_freed.notify_all();
         Ok(())

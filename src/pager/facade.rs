@@ -123,6 +123,9 @@ impl Pager {
             next_overflow: AtomicU64::new(0),
             readers: (options.prefetch_threads > 0).then(|| Arc::new(prefetch::Shared::default())),
         });
+        let sizes: Vec<u64> = inner.index.tensors().iter().map(|t| t.size).collect();
+        inner.policy.set_sizes(0, &sizes);
+        inner.policy.set_budget(options.budget_bytes);
         if inner
             .index
             .tensors()
@@ -300,6 +303,9 @@ impl Pager {
             self.inner.info(id)?;
         }
         for &id in ids {
+            self.inner.policy.on_hint(id);
+        }
+        for &id in ids {
             self.prefetch(id)?;
         }
         Ok(())
@@ -323,6 +329,13 @@ impl Pager {
     /// loading tensors alone exceed the new one.
     pub fn set_budget(&self, budget_bytes: u64) -> Result<()> {
         self.inner.set_budget(budget_bytes)
+    }
+
+    /// The eviction policy and what it has learned, in words ("schedule-aware
+    /// (learned schedule of 80); experts ranked by reuse estimate, ..."),
+    /// for logs.
+    pub fn describe_policy(&self) -> String {
+        self.inner.policy.describe()
     }
 
     /// The pager's counters.

@@ -100,6 +100,8 @@ impl Inner {
             return Err(Error::InvalidArgument("too many slices".to_owned()));
         }
         self.policy.grow(n);
+        let sizes: Vec<u64> = infos.iter().map(|t| t.size).collect();
+        self.policy.set_sizes(first as u32, &sizes);
         for id in first..n {
             self.policy.set_parent(id as u32, parent);
         }

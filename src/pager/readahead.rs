@@ -67,7 +67,8 @@ impl ReadAheadTarget for Inner {
     /// Background read of `id` (prefetch worker). Errors are dropped: a
     /// prefetch is a hint, the later acquire reports any failure itself.
     fn read_now(&self, id: u32) {
-        if self.slots.get(id as usize).is_some() && self.check_open().is_ok() {
+        if self.slots.get(id as usize).is_some() && self.check_open().is_ok() && self.policy.still_wanted(id)
+        {
             let _ = self.load(id, Intent::Prefetch);
         }
     }

@@ -8,11 +8,13 @@
 //! the pager's eviction mutex, where a scan over the candidates is cheap next
 //! to the read it makes room for.
 
+mod duel;
 mod experts;
 mod schedule;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub use experts::Ranking;
 pub use schedule::ScheduleAware;
 
 use crate::segvec::SegVec;
@@ -80,6 +82,20 @@ pub trait EvictionPolicy: Send + Sync {
     fn position(&self) -> u64 {
         0
     }
+    /// The router named `id` (an expert slice) for the block about to run:
+    /// it is needed within that block.
+    fn on_hint(&self, _id: u32) {}
+    /// Whether a queued prefetch of `id` is still worth reading: false for
+    /// an expert the router hinted that has been used, or whose block has
+    /// passed, since (a reader that lags would read it again for nothing).
+    fn still_wanted(&self, _id: u32) -> bool {
+        true
+    }
+    /// Tensors `first..first + sizes.len()` have these sizes in bytes (the
+    /// shadow simulations weigh hits by bytes).
+    fn set_sizes(&self, _first: u32, _sizes: &[u64]) {}
+    /// The budget in bytes (0: none) changed.
+    fn set_budget(&self, _budget: u64) {}
     /// Human-readable name and state ("auto (learned schedule of 290)").
     fn describe(&self) -> String;
 }

@@ -17,9 +17,8 @@
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use super::experts::Experts;
+use super::experts::{ExpertState, Experts, Ranking};
 use super::{EvictionPolicy, FrequencyAdmission};
-use crate::segvec::SegVec;
 
 /// Steps of the second pass that must match the first before a learned
 /// cycle is adopted.
@@ -54,6 +53,18 @@ impl Schedule {
 
     fn len(&self) -> u64 {
         self.ids.len() as u64
+    }
+
+    /// Slots since the latest use of `id` at or before index `at` (in
+    /// 0..len), or None if the schedule never uses it.
+    fn age(&self, id: u32, at: u64) -> Option<u64> {
+        let p = self.positions.get(id as usize)?;
+        let last = *p.last()? as u64;
+        let i = p.partition_point(|&x| x as u64 <= at);
+        Some(match i {
+            0 => at + self.len() - last,
+            _ => at - p[i - 1] as u64,
+        })
     }
 
     /// Slots from index `from` (in 0..len) to the next use of `id`, or None
@@ -113,37 +124,100 @@ impl ScheduleAware {
         }
     }
 
-    /// Expected slots until `id`'s next use, from index `from` of `s`.
+    /// How `ranking` ranks `id` for eviction (the largest goes first), from
+    /// index `from` of `s` with the cursor at `cursor`.
     ///
-    /// For a dense tensor, the slots to its next place. For an expert slice,
-    /// the slots to its parent's next place plus (1/r - 1) passes, where r is
-    /// the chance it is used there: its usage rate q, or, if it was used in
-    /// the latest pass it could have been, p ("used next pass given used this
-    /// pass") shrunk halfway to q (a noisy p otherwise keeps unpopular
-    /// experts that happened to repeat, which costs at small budgets).
-    fn expected_distance(&self, s: &Schedule, id: u32, from: u64) -> u64 {
+    /// For the rankings that know the future, the expected slots to the
+    /// next use: for a dense tensor, the slots to its next place; for an
+    /// expert slice, the slots to its parent's next place plus (1/r - 1)
+    /// passes, r the ranking's chance that the expert is used there. For
+    /// [`Ranking::Lru`], the slots since the last use; for
+    /// [`Ranking::Frequency`], fewest uses first, then the most recent. An
+    /// expert hinted by the router and not yet used ranks 0 in every
+    /// ranking: it is needed within the current block.
+    fn eviction_key(
+        &self,
+        st: &ExpertState,
+        s: &Schedule,
+        id: u32,
+        (from, cursor): (u64, u64),
+        ranking: Ranking,
+    ) -> u64 {
         let key = self.experts.key(id);
+        let slice = key != id;
+        if slice && st.is_hinted(id, cursor) {
+            return 0;
+        }
+        let len = s.len();
+        let age = || {
+            if slice {
+                match st.last_cursor.get(id as usize).copied().unwrap_or(0) {
+                    0 => u64::MAX,
+                    c => cursor.saturating_sub(c - 1),
+                }
+            } else {
+                s.age(key, cursor % len).unwrap_or(u64::MAX)
+            }
+        };
+        match ranking {
+            Ranking::Lru => return age(),
+            Ranking::Frequency => {
+                let uses = if slice {
+                    st.uses.get(id as usize).copied().unwrap_or(0)
+                } else {
+                    cursor / len
+                };
+                let fewest = u32::MAX as u64 - uses.min(u32::MAX as u64);
+                let newest = u32::MAX as u64 - age().min(u32::MAX as u64);
+                return fewest << 32 | newest;
+            }
+            _ => {}
+        }
         let Some(d) = s.distance(key, from) else {
             return u64::MAX;
         };
-        if key == id {
+        if !slice {
             return d;
         }
-        let len = s.len();
-        let cursor = self.cursor.load(Ordering::Relaxed);
         // The pass of the parent's next place.
         let next_pass = (cursor + 1 + d) / len;
-        let e = &self.experts;
-        let load = |v: &SegVec<AtomicU64>| v.get(id as usize).map_or(0, |x| x.load(Ordering::Relaxed));
-        let last = load(&e.last_pass);
-        let q = (load(&e.uses) as f64 + 1.0) / ((cursor / len) as f64 + 2.0);
-        let q = q.clamp(1e-3, 1.0);
-        let r = if last != 0 && last == next_pass {
-            (e.reuse_probability(id, next_pass) + q) / 2.0
-        } else {
-            q
-        };
+        let r = st.chance(id, next_pass, cursor / len, ranking);
         d.saturating_add((len as f64 * (1.0 / r - 1.0)) as u64)
+    }
+
+    /// Feeds the shadow simulations what the stream did between cursor
+    /// positions `cur` and `new`: the sampled dense tensors whose places
+    /// were passed (a hit on them reports nothing), then `slice` if the
+    /// access was an expert's.
+    fn feed_shadows(&self, st: &mut ExpertState, s: &Schedule, (cur, new): (u64, u64), slice: Option<u32>) {
+        if !st.duel.is_configured() {
+            let has_slices = st.is_slice.iter().any(|&b| b);
+            st.duel.configure(&st.size, &st.is_parent, has_slices);
+        }
+        if !st.duel.running() {
+            return;
+        }
+        let mut duel = std::mem::take(&mut st.duel);
+        {
+            let view: &ExpertState = st;
+            let len = s.len();
+            let steps = new.saturating_sub(cur).min(len);
+            for at in new + 1 - steps..=new {
+                let t = s.ids[(at % len) as usize];
+                if view.is_parent.get(t as usize).copied().unwrap_or(true) || !duel.samples(t) {
+                    continue;
+                }
+                let size = view.size[t as usize];
+                let distance = |v, e| self.eviction_key(view, s, v, ((at + 1) % len, at), e);
+                duel.access(t, size, &distance);
+            }
+            if let Some(id) = slice.filter(|&id| duel.samples(id)) {
+                let size = view.size.get(id as usize).copied().unwrap_or(0);
+                let distance = |v, e| self.eviction_key(view, s, v, ((new + 1) % len, new), e);
+                duel.access(id, size, &distance);
+            }
+        }
+        st.duel = duel;
     }
 
     fn schedule(&self) -> Option<&Schedule> {
@@ -171,9 +245,11 @@ impl ScheduleAware {
         }
     }
 
-    fn observe(&self, id: u32) {
+    /// Learns from an access at schedule key `id`; `slice` when it was an
+    /// expert's (the experts of one merged tensor are one step of the pass).
+    fn observe(&self, id: u32, slice: bool) {
         let mut l = self.learner.lock().unwrap_or_else(|e| e.into_inner());
-        if !self.learning.load(Ordering::Relaxed) {
+        if !self.learning.load(Ordering::Relaxed) || (slice && l.trace.last() == Some(&id)) {
             return;
         }
         let j = l.trace.len();
@@ -206,6 +282,12 @@ impl ScheduleAware {
         }
     }
 
+    /// Ranks experts by `ranking` alone, with no shadow simulations
+    /// (`None`: the shadows choose, the default). For comparisons.
+    pub fn fix_ranking(&self, ranking: Option<Ranking>) {
+        self.experts.lock().duel.fix(ranking);
+    }
+
     /// Installs a schedule guessed from the model's layout; learning goes
     /// on and replaces it with the order the engine really uses.
     pub fn guess(&self, ids: &[u32]) {
@@ -226,38 +308,43 @@ impl ScheduleAware {
 
 impl EvictionPolicy for ScheduleAware {
     fn on_access(&self, id: u32) {
+        let key = self.experts.key(id);
         if self.learning.load(Ordering::Relaxed) {
-            self.observe(id);
+            self.observe(key, key != id);
         }
         let Some(s) = self.schedule() else {
             self.fallback.on_access(id);
             return;
         };
         let len = s.len();
-        let key = self.experts.key(id);
         let cur = self.cursor.load(Ordering::Relaxed);
         let index = cur % len;
-        if s.ids[index as usize] == key {
-            if key != id {
-                self.experts.used(id, cur / len);
+        let new = if s.ids[index as usize] == key {
+            cur
+        } else {
+            let Some(d) = s.distance(key, (index + 1) % len) else {
+                // Not in the schedule: for a learned one, the stream has left the
+                // cycle if this happens for a quarter of a pass.
+                if !s.declared && (s.mismatches.fetch_add(1, Ordering::Relaxed) + 1) * 4 > len {
+                    self.forget_learned();
+                }
+                return;
+            };
+            let new = cur + 1 + d;
+            self.cursor.store(new, Ordering::Relaxed);
+            if !s.declared && new / len != cur / len {
+                s.mismatches.store(0, Ordering::Relaxed);
             }
-            return;
-        }
-        let Some(d) = s.distance(key, (index + 1) % len) else {
-            // Not in the schedule: for a learned one, the stream has left the
-            // cycle if this happens for a quarter of a pass.
-            if !s.declared && (s.mismatches.fetch_add(1, Ordering::Relaxed) + 1) * 4 > len {
-                self.forget_learned();
-            }
-            return;
+            new
         };
-        let new = cur + 1 + d;
-        self.cursor.store(new, Ordering::Relaxed);
-        if key != id {
-            self.experts.used(id, new / len);
+        if !self.experts.any() {
+            return;
         }
-        if !s.declared && new / len != cur / len {
-            s.mismatches.store(0, Ordering::Relaxed);
+        let mut st = self.experts.lock();
+        let closed = key != id && st.used(id, new / len, new);
+        self.feed_shadows(&mut st, s, (cur, new), (key != id).then_some(id));
+        if closed {
+            st.duel.pass_closed();
         }
     }
 
@@ -280,13 +367,54 @@ impl EvictionPolicy for ScheduleAware {
         };
         // Distances from the slot after the current one: the tensor just
         // acquired is needed again only a full pass later.
-        let from = (self.cursor.load(Ordering::Relaxed) + 1) % s.len();
-        let distance = |id: u32| self.expected_distance(s, id, from);
-        let (victim, d) = candidates.map(|id| (id, distance(id))).max_by_key(|&(_, d)| d)?;
-        match incoming {
-            Some(inc) if d <= distance(inc) => None,
-            _ => Some(victim),
+        let cursor = self.cursor.load(Ordering::Relaxed);
+        let at = ((cursor + 1) % s.len(), cursor);
+        let mut st = self.experts.lock();
+        let ranking = st.duel.leader();
+        if incoming.is_some() && !ranking.knows_the_future() {
+            // As the reference policies: a read-ahead evicts nothing.
+            return None;
         }
+        let (victim, hinted) = {
+            let view: &ExpertState = &st;
+            let distance = |id: u32| self.eviction_key(view, s, id, at, ranking);
+            let (victim, d) = candidates.map(|id| (id, distance(id))).max_by_key(|&(_, d)| d)?;
+            if let Some(inc) = incoming {
+                if d <= distance(inc) {
+                    return None;
+                }
+            }
+            (victim, view.is_hinted(victim, cursor))
+        };
+        if hinted {
+            st.hinted_evictions += 1;
+        }
+        Some(victim)
+    }
+
+    fn on_hint(&self, id: u32) {
+        if self.experts.parent(id).is_none() {
+            return;
+        }
+        let Some(s) = self.schedule() else { return };
+        let until = self.cursor.load(Ordering::Relaxed) + s.len();
+        self.experts.lock().hint(id, until);
+    }
+
+    fn still_wanted(&self, id: u32) -> bool {
+        if self.experts.parent(id).is_none() {
+            return true;
+        }
+        let cursor = self.cursor.load(Ordering::Relaxed);
+        !self.experts.lock().hint_is_stale(id, cursor)
+    }
+
+    fn set_sizes(&self, first: u32, sizes: &[u64]) {
+        self.experts.lock().set_sizes(first, sizes);
+    }
+
+    fn set_budget(&self, budget: u64) {
+        self.experts.lock().duel.set_budget(budget);
     }
 
     fn guess_schedule(&self, ids: &[u32]) {
@@ -310,12 +438,7 @@ impl EvictionPolicy for ScheduleAware {
     }
 
     fn set_parent(&self, id: u32, parent: u32) {
-        if let Some(p) = self.experts.parent.get(id as usize) {
-            p.store(parent + 1, Ordering::Relaxed);
-        }
-        if let Some(h) = self.experts.has_slices.get(parent as usize) {
-            h.store(true, Ordering::Relaxed);
-        }
+        self.experts.set_parent(id, parent);
     }
 
     fn upcoming(&self, max: usize, out: &mut Vec<u32>) {
@@ -337,6 +460,21 @@ impl EvictionPolicy for ScheduleAware {
     }
 
     fn describe(&self) -> String {
+        let order = self.describe_order();
+        if !self.experts.any() {
+            return order;
+        }
+        let st = self.experts.lock();
+        format!(
+            "{order}; experts ranked by {} (shadow duel), {} hinted experts evicted before use",
+            st.duel.leader().name(),
+            st.hinted_evictions
+        )
+    }
+}
+
+impl ScheduleAware {
+    fn describe_order(&self) -> String {
         match self.schedule() {
             Some(s) if s.declared => format!("schedule-aware (declared schedule of {})", s.len()),
             Some(s) if self.learning.load(Ordering::Relaxed) => {
@@ -453,6 +591,78 @@ mod tests {
         let mut up = Vec::new();
         p.upcoming(3, &mut up);
         assert_eq!(up, [0, 2, 1]);
+    }
+
+    /// Two dense tensors (0, 1) and a merged tensor 2 split into experts 3..7.
+    fn moe_policy() -> ScheduleAware {
+        let p = ScheduleAware::new(7, false);
+        for e in 3..7 {
+            p.set_parent(e, 2);
+        }
+        p.set_sizes(0, &[10; 7]);
+        p.set_budget(30);
+        p.set_schedule(&[0, 1, 2]);
+        p
+    }
+
+    #[test]
+    fn a_hinted_expert_is_kept_until_used_and_its_queued_read_then_dropped() {
+        let p = moe_policy();
+        p.on_access(0);
+        p.on_access(1);
+        p.on_hint(5);
+        assert!(p.still_wanted(5));
+        // Expert 5 is needed within this block: anything else goes first,
+        // and a read-ahead of it may evict them.
+        assert_eq!(p.choose_victim(&mut [3u32, 5].into_iter(), None), Some(3));
+        assert_eq!(p.choose_victim(&mut [3u32].into_iter(), Some(5)), Some(3));
+        p.on_access(5);
+        // Used: a read the hint queued is stale, and 5 is an expert like the others.
+        assert!(!p.still_wanted(5));
+        assert!(p.still_wanted(4), "never hinted: a plain prefetch stands");
+        assert!(
+            p.describe().contains("0 hinted experts evicted"),
+            "{}",
+            p.describe()
+        );
+    }
+
+    #[test]
+    fn fixed_reference_rankings_behave_as_the_references() {
+        let p = moe_policy();
+        p.fix_ranking(Some(Ranking::Lru));
+        for id in [0, 1, 3, 4] {
+            p.on_access(id);
+        }
+        // LRU: dense 0 is the oldest; a read-ahead evicts nothing.
+        assert_eq!(p.choose_victim(&mut [0u32, 1, 3, 4].into_iter(), None), Some(0));
+        assert_eq!(p.choose_victim(&mut [0u32, 1, 3, 4].into_iter(), Some(1)), None);
+        p.fix_ranking(Some(Ranking::Frequency));
+        // Frequency: experts used once go before dense tensors used every
+        // pass; among them the newest (4) goes first.
+        assert_eq!(p.choose_victim(&mut [0u32, 1, 3, 4].into_iter(), None), Some(4));
+        p.fix_ranking(Some(Ranking::Reuse));
+        // Belady on the schedule: dense 0 is next, 1 after it; the experts
+        // are needed at 2 only with some chance, so they go first.
+        assert!(matches!(
+            p.choose_victim(&mut [0u32, 1, 3, 4].into_iter(), None),
+            Some(3 | 4)
+        ));
+    }
+
+    #[test]
+    fn the_learner_sees_a_merged_tensor_once_however_many_experts_run() {
+        let p = ScheduleAware::new(10, true);
+        for e in 4..10 {
+            p.set_parent(e, 3);
+        }
+        // Dense 0..3, then two of the six experts of 3, different each token.
+        for token in 0..3u32 {
+            for id in [0, 1, 2, 4 + token % 6, 4 + (token + 2) % 6] {
+                p.on_access(id);
+            }
+        }
+        assert!(p.describe().contains("learned schedule of 4"), "{}", p.describe());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::Path;
 use layerpager::index::block_of;
 use layerpager::policy::{EvictionPolicy, Lru, ScheduleAware};
 use layerpager::Error;
-use layerpager_tools::moe::{compare, MoeShape, Routing};
+use layerpager_tools::moe::{compare, shadow_cost, zoo, MoeComparison, MoeShape, Routing};
 use layerpager_tools::sim::simulate;
 use layerpager_tools::workload::lower_bound_bytes;
 
@@ -109,37 +109,50 @@ pub(crate) fn plan(path: &Path, budgets: &str, passes: u32, svg: &Path) -> Resul
     Ok(())
 }
 
-pub(crate) fn plan_moe(budgets: &str, svg: &Path, routing: Routing, tokens: usize) -> Result<(), Error> {
-    if !(0.0..=4.0).contains(&routing.zipf) || !(0.0..=1.0).contains(&routing.repeat) || tokens < 10 {
+pub(crate) fn plan_moe(
+    budgets: &str,
+    svg: &Path,
+    shape: &MoeShape,
+    routing: Routing,
+    tokens: usize,
+) -> Result<(), Error> {
+    let unit = |x: f64| (0.0..=1.0).contains(&x);
+    if !(0.0..=4.0).contains(&routing.zipf)
+        || !unit(routing.repeat)
+        || !unit(routing.pair_repeat)
+        || tokens < 10
+    {
         return Err(Error::InvalidArgument(
-            "--zipf must be in 0..4, --repeat in 0..1, --tokens at least 10".into(),
+            "--zipf must be in 0..4, --repeat and --pair-repeat in 0..1, --tokens at least 10".into(),
         ));
     }
-    let shares: Vec<f64> = parse_budgets(budgets, 10_000)?
-        .iter()
-        .map(|&b| b as f64 / 10_000.0)
-        .collect();
-    let shape = MoeShape::mixtral();
-    println!(
-        "Mixtral-shaped MoE ({} blocks, {} experts, top-{}), Zipf {} routing, repeat {}, {tokens} tokens (first tenth warms up)",
-        shape.layers, shape.experts, shape.top_k, routing.zipf, routing.repeat
-    );
-    println!(
-        "{:>6} | {:>8} {:>8} {:>10} {:>11} {:>8}   (byte hit ratio)",
-        "budget", "LRU", "S3-FIFO", "frequency", "layerpager", "Belady"
-    );
-    let rows = compare(&shape, routing, tokens, &shares);
-    for r in &rows {
-        println!(
-            "{:>5.0}% | {:>7.1}% {:>7.1}% {:>9.1}% {:>10.1}% {:>7.1}%",
-            r.budget_share * 100.0,
-            r.lru * 100.0,
-            r.s3fifo * 100.0,
-            r.frequency * 100.0,
-            r.layerpager * 100.0,
-            r.belady * 100.0
-        );
+    if shape.layers == 0
+        || shape.experts == 0
+        || shape.top_k == 0
+        || shape.experts > 1024
+        || shape.layers > 1024
+    {
+        return Err(Error::InvalidArgument(
+            "--layers and --experts must be in 1..1024, --top-k at least 1".into(),
+        ));
     }
+    let shares = budget_shares(budgets)?;
+    println!(
+        "MoE, {}; {}; {tokens} tokens (the first tenth warms up)",
+        shape.describe(),
+        routing.describe()
+    );
+    let rows = compare(shape, routing, tokens, &shares);
+    print_moe_rows(&rows);
+    let middle = shares[shares.len() / 2];
+    let (ns, slice) = shadow_cost(shape, routing, tokens, middle);
+    println!(
+        "shadow simulations at {:.0}%: {:.1} us per miss; a miss reads an expert slice of {:.1}M parameters (about {:.1} ms at 3 GB/s in Q4_K)",
+        middle * 100.0,
+        ns / 1000.0,
+        slice as f64 / 1e6,
+        slice as f64 * 0.5625 / 3e9 * 1e3
+    );
     let series = [
         "Belady (routing known)",
         "LRU",
@@ -166,6 +179,67 @@ pub(crate) fn plan_moe(budgets: &str, svg: &Path, routing: Routing, tokens: usiz
         &points,
     )?;
     println!("plot written to {}", svg.display());
+    Ok(())
+}
+
+/// Budget shares (0..1) from a `--budgets` argument in percent.
+fn budget_shares(budgets: &str) -> Result<Vec<f64>, Error> {
+    let shares: Vec<f64> = parse_budgets(budgets, 10_000)?
+        .iter()
+        .map(|&b| b as f64 / 10_000.0)
+        .filter(|&s| s > 0.0)
+        .collect();
+    if shares.is_empty() {
+        return Err(Error::InvalidArgument(
+            "--budgets names no budget above 0%".into(),
+        ));
+    }
+    Ok(shares)
+}
+
+fn print_moe_rows(rows: &[MoeComparison]) {
+    println!(
+        "{:>6} | {:>8} {:>8} {:>10} {:>11} {:>8}   (byte hit ratio)",
+        "budget", "LRU", "S3-FIFO", "frequency", "layerpager", "Belady"
+    );
+    for r in rows {
+        println!(
+            "{:>5.0}% | {:>7.1}% {:>7.1}% {:>9.1}% {:>10.1}% {:>7.1}%",
+            r.budget_share * 100.0,
+            r.lru * 100.0,
+            r.s3fifo * 100.0,
+            r.frequency * 100.0,
+            r.layerpager * 100.0,
+            r.belady * 100.0
+        );
+    }
+}
+
+/// `plan --moe --zoo`: every stream of the routing zoo at each budget, and
+/// how the default policy stands against the best reference and Belady.
+pub(crate) fn plan_zoo(budgets: &str) -> Result<(), Error> {
+    let shares = budget_shares(budgets)?;
+    let (mut worst, mut sum, mut count) = (f64::INFINITY, 0.0, 0usize);
+    for z in zoo() {
+        println!(
+            "\n{}; {}; {} tokens",
+            z.shape.describe(),
+            z.routing.describe(),
+            z.tokens
+        );
+        let rows = compare(&z.shape, z.routing, z.tokens, &shares);
+        print_moe_rows(&rows);
+        for r in &rows {
+            worst = worst.min(r.layerpager - r.lru.max(r.s3fifo).max(r.frequency));
+            sum += r.layerpager / r.belady;
+            count += 1;
+        }
+    }
+    println!(
+        "\nlayerpager vs the best of LRU, S3-FIFO and frequency, worst case: {:+.1} points; share of Belady's byte hits, mean: {:.2}",
+        worst * 100.0,
+        sum / count as f64
+    );
     Ok(())
 }
 
