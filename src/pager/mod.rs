@@ -15,6 +15,10 @@
 //! 2. a slot's `sync` lock (load / evict transitions of that slot)
 //! 3. `Inner::overflow_leases`; an engine allocator's arena lock (taken
 //!    inside the eviction mutex, and on its own when a buffer is dropped)
+//! 4. the policy's own locks (the learner, the MoE experts' state and
+//!    shadow caches): leaves, taken inside the eviction mutex by
+//!    `choose_victim` and on their own on a miss or an expert's acquire;
+//!    the policy never calls back into the pager
 //!
 //! A lock may be taken while holding one above it in this list, never one
 //! below. The hit path takes no lock at all: one CAS on the slot's state
