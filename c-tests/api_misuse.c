@@ -61,8 +61,21 @@ static void nulls_everywhere(const char *model) {
   CHECK_STATUS(pager_split_experts(NULL, 0, 2, &id), PAGER_ERR_INVALID_ARGUMENT);
   CHECK_STATUS(pager_hint(NULL, &id, 1), PAGER_ERR_INVALID_ARGUMENT);
   CHECK_STATUS(pager_get_stats(NULL, &s), PAGER_ERR_INVALID_ARGUMENT);
+  size_t len = 7;
+  char line[256];
+  CHECK_STATUS(pager_describe(NULL, line, sizeof line, &len), PAGER_ERR_INVALID_ARGUMENT);
+  CHECK(len == 7);
 
   CHECK_OK(pager_open_gguf(model, NULL, &p));
+  CHECK_STATUS(pager_describe(p, NULL, 4, &len), PAGER_ERR_INVALID_ARGUMENT);
+  /* The length alone, then the line, then a truncated line. */
+  CHECK_OK(pager_describe(p, NULL, 0, &len));
+  CHECK(len > 20 && len < sizeof line);
+  CHECK_OK(pager_describe(p, line, sizeof line, NULL));
+  CHECK(strlen(line) == len && strstr(line, "io pread") != NULL && strstr(line, "unlimited") != NULL);
+  memset(line, 'x', sizeof line);
+  CHECK_OK(pager_describe(p, line, 6, &len));
+  CHECK(strlen(line) == 5 && line[6] == 'x');
   CHECK_STATUS(pager_find(p, NULL, &id), PAGER_ERR_INVALID_ARGUMENT);
   CHECK_STATUS(pager_find(p, "token_embd.weight", NULL), PAGER_ERR_INVALID_ARGUMENT);
   CHECK_STATUS(pager_tensor_info(p, 0, NULL), PAGER_ERR_INVALID_ARGUMENT);
@@ -112,6 +125,19 @@ static void bad_options(const char *model) {
   CHECK(o.struct_size == sizeof(pager_options_t));
   CHECK(o.alignment == 64 && o.policy == PAGER_POLICY_AUTO && o.io_mode == PAGER_IO_PREAD);
   CHECK(o.prefetch_threads == 1 && o.budget_bytes == 0 && o.wait_ms == 0 && o.allocator == NULL);
+  CHECK(o.follow_memory == 0 && o.on_budget_change == NULL && o.budget_change_user_data == NULL);
+  /* Following the memory limit needs a budget to follow it with. */
+  o.follow_memory = 1;
+  CHECK_STATUS(pager_open_gguf(model, &o, &p), PAGER_ERR_INVALID_ARGUMENT);
+  CHECK(strstr(pager_last_error_message(), "follow_memory") != NULL);
+  o.budget_bytes = PAGER_BUDGET_AUTO;
+  CHECK_OK(pager_open_gguf(model, &o, &p));
+  char line[256];
+  CHECK_OK(pager_describe(p, line, sizeof line, NULL));
+  CHECK(strstr(line, "follows the memory limit") != NULL);
+  CHECK_OK(pager_set_budget(p, 64u << 20)); /* a new ceiling */
+  pager_close(p);
+  pager_options_default(&o);
   o.policy = 77;
   CHECK_STATUS(pager_open_gguf(model, &o, &p), PAGER_ERR_INVALID_ARGUMENT);
   CHECK(p == NULL);

@@ -69,6 +69,12 @@
 #define PAGER_BUDGET_AUTO UINT64_MAX
 
 /**
+ * What the pager leaves free below the limit, for the rest of the process
+ * and what it allocates between two looks.
+ */
+#define HEADROOM (32 << 20)
+
+/**
  * Status code returned by every fallible C entry point.
  *
  * The numbers are part of the ABI: they never change once shipped, and new
@@ -317,6 +323,25 @@ typedef struct pager_options_t {
    * struct is copied at open.
    */
   const struct pager_allocator_t *allocator;
+  /**
+   * Nonzero: the budget follows the memory limit. A light thread looks
+   * every 10 ms at what the process may still allocate (the memory
+   * cgroup's limit less its working set, else MemAvailable), shrinks the
+   * budget when other allocations need the room (leaving 32 MiB free),
+   * and grows it back when they are freed, up to `budget_bytes` (or the
+   * model's size with `PAGER_BUDGET_AUTO`; `pager_set_budget` sets a new
+   * ceiling). Needs a budget. Default 0.
+   */
+  uint32_t follow_memory;
+  /**
+   * Called from that thread after each change it makes, with the old and
+   * the new budget; may be NULL. Must not call back into the pager.
+   */
+  void (*on_budget_change)(void *user_data, uint64_t old_budget, uint64_t new_budget);
+  /**
+   * Passed back to `on_budget_change`.
+   */
+  void *budget_change_user_data;
 } pager_options_t;
 
 /**
@@ -564,14 +589,32 @@ enum pager_status_t pager_split_experts(struct pager_t *p,
                                         uint32_t *out_first_id);
 
 /**
- * The router's choice for the coming layers: the `n` tensors (usually
- * expert slices) are read ahead now, in the given order, as
- * `pager_prefetch` does. Statuses as `pager_set_schedule`.
+ * The router's choice for the block about to run: the `n` tensors
+ * (usually expert slices) are read ahead now, in the given order, as
+ * `pager_prefetch` does, and a hinted expert is not evicted before it is
+ * used (or its block has passed); a queued read of a hinted expert already
+ * used is dropped. Statuses as `pager_set_schedule`.
  *
  * # Safety
  * As `pager_set_schedule`.
  */
 enum pager_status_t pager_hint(struct pager_t *p, const uint32_t *ids, size_t n);
+
+/**
+ * Writes one line for logs into `buf` (at most `size` bytes, NUL
+ * included, truncated if need be): the file, the io mode in effect and
+ * what it leaves in the page cache, the budget and whether it follows the
+ * memory limit, the policy and what it has learned. `*length`, if
+ * `length` is not NULL, is the whole line's length without the NUL.
+ * `buf` may be NULL when `size` is 0. Returns `PAGER_OK`,
+ * `PAGER_ERR_INVALID_ARGUMENT`, `PAGER_ERR_CLOSED`,
+ * `PAGER_ERR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ * `p` as `pager_tensor_count`; `buf` NULL or writable for `size` bytes;
+ * `length` NULL or writable.
+ */
+enum pager_status_t pager_describe(const struct pager_t *p, char *buf, size_t size, size_t *length);
 
 /**
  * Copies the pager's counters into `*out` (zeroed on failure). Returns `PAGER_OK`, `PAGER_ERR_INVALID_ARGUMENT`,
@@ -585,8 +628,9 @@ enum pager_status_t pager_get_stats(const struct pager_t *p,
 
 /**
  * Fills `*opts` with the defaults: unlimited budget, `PAGER_POLICY_AUTO`,
- * `PAGER_IO_PREAD`, 2 background readers, alignment 64, no waiting,
- * built-in allocator, and `struct_size = sizeof(pager_options_t)`. NULL is
+ * `PAGER_IO_PREAD`, 1 background reader, alignment 64, no waiting,
+ * built-in allocator, the budget not following the memory limit, and
+ * `struct_size = sizeof(pager_options_t)`. NULL is
  * ignored.
  *
  * # Safety

@@ -37,7 +37,7 @@ pub mod source;
 
 pub use error::{pager_status_t, shown, Error, Result, Status};
 pub use index::{IndexFormat, TensorIndex, TensorInfo};
-pub use pager::{Acquisition, Pager, PagerOptions, Stats, TicketedAcquisition};
+pub use pager::{Acquisition, BudgetListener, Pager, PagerOptions, Stats, TicketedAcquisition};
 pub use policy::PolicyKind;
 pub use source::IoMode;
 

@@ -1,7 +1,8 @@
 //! The memory this process may still use: its memory cgroup's limit (v2
 //! `memory.max`, v1 `memory.limit_in_bytes`) less what the cgroup already
 //! uses, or, without a limit, the machine's `MemAvailable`. This is what
-//! `budget = auto` (`PAGER_BUDGET_AUTO`) is derived from.
+//! `budget = auto` (`PAGER_BUDGET_AUTO`) is derived from, and what
+//! `follow_memory` watches.
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +29,20 @@ pub enum MemorySource {
 
 /// The memory this process may still take, and where the figure came from.
 pub fn available_memory() -> Result<(u64, MemorySource)> {
+    memory_left(false)
+}
+
+/// What the process may still allocate before its memory limit presses:
+/// the cgroup's limit less its working set (use less the inactive file
+/// pages the kernel drops first), or `MemAvailable`. What
+/// `follow_memory` watches.
+pub fn room() -> Result<(u64, MemorySource)> {
+    memory_left(true)
+}
+
+/// The cgroup's limit less its use (less its inactive file pages with
+/// `working_set`), or `MemAvailable`.
+fn memory_left(working_set: bool) -> Result<(u64, MemorySource)> {
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     for line in own.lines() {
         let mut parts = line.splitn(3, ':');
@@ -41,7 +56,13 @@ pub fn available_memory() -> Result<(u64, MemorySource)> {
                 read_number(&dir.join("memory.max")),
                 read_number(&dir.join("memory.current")),
             ) {
-                return Ok((max.saturating_sub(current), MemorySource::CgroupV2(dir)));
+                let inactive = if working_set {
+                    stat_field(&dir, "inactive_file")
+                } else {
+                    0
+                };
+                let used = current.saturating_sub(inactive);
+                return Ok((max.saturating_sub(used), MemorySource::CgroupV2(dir)));
             }
         } else if controllers.split(',').any(|c| c == "memory") {
             let dir = Path::new("/sys/fs/cgroup/memory").join(rel);
@@ -51,7 +72,13 @@ pub fn available_memory() -> Result<(u64, MemorySource)> {
             ) {
                 // v1 says "no limit" with a number near 2^63.
                 if limit < (1 << 62) {
-                    return Ok((limit.saturating_sub(usage), MemorySource::CgroupV1(dir)));
+                    let inactive = if working_set {
+                        stat_field(&dir, "total_inactive_file")
+                    } else {
+                        0
+                    };
+                    let used = usage.saturating_sub(inactive);
+                    return Ok((limit.saturating_sub(used), MemorySource::CgroupV1(dir)));
                 }
             }
         }
@@ -79,6 +106,15 @@ pub fn auto_budget() -> Result<u64> {
     Ok(budget)
 }
 
+/// A field of the cgroup's `memory.stat`, or 0.
+fn stat_field(dir: &Path, name: &str) -> u64 {
+    std::fs::read_to_string(dir.join("memory.stat"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// A file of one number ("max" in cgroup v2 reads as no number).
 fn read_number(path: &Path) -> Option<u64> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
@@ -95,5 +131,8 @@ mod tests {
         if let Ok(b) = auto_budget() {
             assert!(b < free, "auto {b} must leave headroom below {free}");
         }
+        // The working set leaves out reclaimable file pages: never less room.
+        let (room, _) = room().unwrap();
+        assert!(room + (64 << 20) >= free, "room {room}, free {free}");
     }
 }

@@ -9,6 +9,9 @@ use std::process::Command;
 
 const MIB: u64 = 1 << 20;
 
+/// Numbers the cgroups of one test process (tests run in parallel).
+static NEXT_CGROUP: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// A memory cgroup of our own below the process's, removed on drop.
 struct MemoryCgroup(PathBuf);
 
@@ -29,7 +32,11 @@ impl MemoryCgroup {
             .ok_or("no cgroup v1 memory controller for this process")?;
         let dir = Path::new("/sys/fs/cgroup/memory")
             .join(path.trim_start_matches('/'))
-            .join(format!("layerpager-test-{}", std::process::id()));
+            .join(format!(
+                "layerpager-test-{}-{}",
+                std::process::id(),
+                NEXT_CGROUP.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ));
         std::fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
         let cgroup = MemoryCgroup(dir);
         std::fs::write(cgroup.0.join("memory.limit_in_bytes"), limit.to_string())
@@ -140,4 +147,168 @@ fn budget_auto_follows_the_cgroup_limit() {
         .expect("a budget line");
     let mib: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert!(mib > 60.0 && mib < 96.0, "{line}");
+}
+
+/// CLOCK_MONOTONIC in seconds: the clock Python's `time.monotonic` reads
+/// too, so that the hog's and the pager's events line up.
+fn monotonic() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// The pager side of `follow_memory_gives_way_to_a_hog`, run in a child
+/// process inside the memory cgroup: sweeps the model for a few seconds
+/// with `follow_memory`, printing every budget change and every failure.
+#[test]
+#[ignore = "the child process of follow_memory_gives_way_to_a_hog"]
+fn follow_memory_child() {
+    let (Ok(model), Ok(budget)) = (
+        std::env::var("LAYERPAGER_FOLLOW_MODEL"),
+        std::env::var("LAYERPAGER_FOLLOW_BUDGET"),
+    ) else {
+        return;
+    };
+    let options = layerpager::PagerOptions {
+        budget_bytes: budget.parse().unwrap(),
+        follow_memory: true,
+        on_budget_change: Some(layerpager::BudgetListener::new(|old, new| {
+            println!("budget {old} -> {new} at {:.4}", monotonic())
+        })),
+        ..Default::default()
+    };
+    let pager = layerpager::Pager::open_gguf(&model, options).unwrap();
+    let order = pager.index().forward_order();
+    println!("sweeping at {:.4}: {}", monotonic(), pager.describe());
+    let start = std::time::Instant::now();
+    let (mut passes, mut failures, mut sum) = (0u32, 0u32, 0u64);
+    while start.elapsed().as_secs_f64() < 4.0 {
+        for &id in &order {
+            match pager.acquire(id) {
+                Ok(a) => sum += a.bytes().iter().step_by(4096).map(|&b| b as u64).sum::<u64>(),
+                Err(e) => {
+                    failures += 1;
+                    println!("acquire of {id} failed: {e}");
+                }
+            }
+        }
+        passes += 1;
+    }
+    println!(
+        "passes {passes} failures {failures} final budget {} (checksum {sum})",
+        pager.stats().budget_bytes
+    );
+}
+
+/// Allocates `total` bytes in 8 MiB steps every 5 ms (each page written),
+/// holds them a second, and leaves; says when, by CLOCK_MONOTONIC.
+const HOG: &str = r#"
+import sys, time
+t = lambda: time.clock_gettime(time.CLOCK_MONOTONIC)
+total, step, held = int(sys.argv[1]), 8 << 20, []
+print("start %.4f" % t(), flush=True)
+while len(held) * step < total:
+    held.append(bytearray(b"\x01") * step)
+    time.sleep(0.005)
+print("allocated %.4f" % t(), flush=True)
+time.sleep(1.0)
+print("leaving %.4f" % t(), flush=True)
+"#;
+
+/// The first number after `word` on the line of `out` that starts with it.
+fn time_of(out: &str, word: &str) -> f64 {
+    out.lines()
+        .find_map(|l| {
+            l.strip_prefix(word)?
+                .split_whitespace()
+                .next()?
+                .trim_end_matches(':')
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no '{word}' line in:\n{out}"))
+}
+
+#[test]
+fn follow_memory_gives_way_to_a_hog() {
+    let limit = 320 * MIB;
+    let ceiling = 160 * MIB;
+    let hog = limit / 2;
+    let dir = tempfile::tempdir().unwrap();
+    let model = synth(dir.path(), 9);
+    let Some(cgroup) = cgroup_or_skip(limit) else {
+        return;
+    };
+    let procs = cgroup.0.join("cgroup.procs");
+    let pager = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "echo $$ > '{}' && exec '{}' follow_memory_child --exact --ignored --nocapture",
+                procs.display(),
+                std::env::current_exe().unwrap().display()
+            ),
+        ])
+        .env("LAYERPAGER_FOLLOW_MODEL", &model)
+        .env("LAYERPAGER_FOLLOW_BUDGET", ceiling.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let hog_out = Command::new("sh")
+        .args([
+            "-c",
+            &format!("echo $$ > '{}' && exec python3 -c '{HOG}' {hog}", procs.display()),
+        ])
+        .output()
+        .unwrap();
+    let pager_out = pager.wait_with_output().unwrap();
+    let (out, hog_said) = (
+        String::from_utf8_lossy(&pager_out.stdout).into_owned(),
+        String::from_utf8_lossy(&hog_out.stdout).into_owned(),
+    );
+    eprintln!("{out}\n{hog_said}");
+    assert_eq!(cgroup.oom_kills(), 0, "OOM kill:\n{out}\n{hog_said}");
+    assert!(
+        pager_out.status.success() && hog_out.status.success(),
+        "{out}\n{hog_said}"
+    );
+    assert!(out.contains("failures 0 "), "{out}");
+    let sweeping = time_of(&out, "sweeping at");
+    let (allocated, leaving) = (time_of(&hog_said, "allocated"), time_of(&hog_said, "leaving"));
+    assert!(
+        sweeping < time_of(&hog_said, "start"),
+        "the hog came before the sweep:\n{out}"
+    );
+    // (time, new budget) of every change.
+    let changes: Vec<(f64, u64)> = out
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("budget ")?;
+            let new = rest.split(" -> ").nth(1)?.split(' ').next()?.parse().ok()?;
+            Some((rest.rsplit(' ').next()?.parse().ok()?, new))
+        })
+        .collect();
+    let budget_at = |t: f64| {
+        changes
+            .iter()
+            .take_while(|c| c.0 <= t)
+            .last()
+            .map_or(ceiling, |c| c.1)
+    };
+    // Within 100 ms of the hog's last allocation the budget leaves it its
+    // half and the headroom (one 4 MiB step of slack).
+    let room_left = limit - hog - layerpager::pager::FOLLOW_HEADROOM + 4 * MIB;
+    assert!(
+        budget_at(allocated + 0.1) <= room_left,
+        "budget {} at 100 ms after the hog, more than {room_left}:\n{out}",
+        budget_at(allocated + 0.1)
+    );
+    // Back to the ceiling after the hog leaves.
+    let last = changes.last().expect("budget changes");
+    assert!(last.0 > leaving && last.1 == ceiling, "{out}");
 }

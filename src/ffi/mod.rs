@@ -24,7 +24,7 @@ pub use handle::pager_t;
 pub use open::*;
 pub use types::*;
 
-use crate::error::{pager_status_t, Result};
+use crate::error::{pager_status_t, Error, Result};
 use crate::pager::Pager;
 use boundary::{c_slice, c_str, non_null_mut, run, run_value};
 use handle::Entered;
@@ -398,9 +398,11 @@ pub unsafe extern "C" fn pager_split_experts(
     })
 }
 
-/// The router's choice for the coming layers: the `n` tensors (usually
-/// expert slices) are read ahead now, in the given order, as
-/// `pager_prefetch` does. Statuses as `pager_set_schedule`.
+/// The router's choice for the block about to run: the `n` tensors
+/// (usually expert slices) are read ahead now, in the given order, as
+/// `pager_prefetch` does, and a hinted expert is not evicted before it is
+/// used (or its block has passed); a queued read of a hinted expert already
+/// used is dropped. Statuses as `pager_set_schedule`.
 ///
 /// # Safety
 /// As `pager_set_schedule`.
@@ -410,6 +412,47 @@ pub unsafe extern "C" fn pager_hint(p: *mut pager_t, ids: *const u32, n: usize) 
         // SAFETY: as the caller promises.
         let ids = unsafe { c_slice(ids, n, "ids")? };
         pager.hint(ids)
+    })
+}
+
+/// Writes one line for logs into `buf` (at most `size` bytes, NUL
+/// included, truncated if need be): the file, the io mode in effect and
+/// what it leaves in the page cache, the budget and whether it follows the
+/// memory limit, the policy and what it has learned. `*length`, if
+/// `length` is not NULL, is the whole line's length without the NUL.
+/// `buf` may be NULL when `size` is 0. Returns `PAGER_OK`,
+/// `PAGER_ERR_INVALID_ARGUMENT`, `PAGER_ERR_CLOSED`,
+/// `PAGER_ERR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+/// `p` as `pager_tensor_count`; `buf` NULL or writable for `size` bytes;
+/// `length` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn pager_describe(
+    p: *const pager_t,
+    buf: *mut c_char,
+    size: usize,
+    length: *mut usize,
+) -> pager_status_t {
+    on_open(p, |_, pager| {
+        if buf.is_null() && size != 0 {
+            return Err(Error::InvalidArgument("buf is NULL but size is not 0".to_owned()));
+        }
+        let line = pager.describe();
+        if size != 0 {
+            let n = line.len().min(size - 1);
+            // SAFETY: buf is writable for `size` bytes per the contract and
+            // n + 1 <= size; the line is our own, not overlapping.
+            unsafe {
+                std::ptr::copy_nonoverlapping(line.as_ptr(), buf as *mut u8, n);
+                buf.add(n).write(0);
+            }
+        }
+        if !length.is_null() {
+            // SAFETY: non-NULL and writable per the contract.
+            unsafe { length.write(line.len()) };
+        }
+        Ok(())
     })
 }
 

@@ -1,7 +1,7 @@
 //! Opening and closing a pager: the caller's options read as far as its
 //! `struct_size` reaches, the four `pager_open_*` calls, and `pager_close`.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, c_void};
 use std::sync::Arc;
 
 use super::boundary::{c_slice, c_str, non_null, non_null_mut, run};
@@ -12,10 +12,12 @@ use crate::index::TensorIndex;
 use crate::pager::{Pager, PagerOptions};
 use crate::policy::PolicyKind;
 use crate::source::{Allocator, CallbackSource, IoMode};
+use crate::BudgetListener;
 
 /// Fills `*opts` with the defaults: unlimited budget, `PAGER_POLICY_AUTO`,
-/// `PAGER_IO_PREAD`, 2 background readers, alignment 64, no waiting,
-/// built-in allocator, and `struct_size = sizeof(pager_options_t)`. NULL is
+/// `PAGER_IO_PREAD`, 1 background reader, alignment 64, no waiting,
+/// built-in allocator, the budget not following the memory limit, and
+/// `struct_size = sizeof(pager_options_t)`. NULL is
 /// ignored.
 ///
 /// # Safety
@@ -41,8 +43,19 @@ fn default_c_options() -> pager_options_t {
         alignment: d.alignment as u32,
         wait_ms: d.wait_ms,
         allocator: std::ptr::null(),
+        follow_memory: 0,
+        on_budget_change: None,
+        budget_change_user_data: std::ptr::null_mut(),
     }
 }
+
+/// The engine's `budget_change_user_data`, handed to the follower thread.
+struct SendPtr(*mut c_void);
+// SAFETY: the C API documents that `on_budget_change` is called from the
+// follower thread with this pointer; the pager never dereferences it.
+unsafe impl Send for SendPtr {}
+// SAFETY: as above; only passed back, never read or written here.
+unsafe impl Sync for SendPtr {}
 
 /// Reads the caller's options, only as many bytes as its `struct_size` says.
 ///
@@ -84,6 +97,15 @@ unsafe fn read_options(opts: *const pager_options_t) -> Result<PagerOptions> {
             }
         }
     };
+    let on_budget_change = c.on_budget_change.map(|f| {
+        let user_data = SendPtr(c.budget_change_user_data);
+        BudgetListener::new(move |old, new| {
+            let user_data = &user_data;
+            // SAFETY: the caller gave a callback callable from any thread
+            // for as long as the pager lives, with this user_data.
+            unsafe { f(user_data.0, old, new) }
+        })
+    });
     let options = PagerOptions {
         budget_bytes: c.budget_bytes,
         policy,
@@ -92,6 +114,8 @@ unsafe fn read_options(opts: *const pager_options_t) -> Result<PagerOptions> {
         alignment: c.alignment as usize,
         wait_ms: c.wait_ms,
         allocator,
+        follow_memory: c.follow_memory != 0,
+        on_budget_change,
     };
     options.validate()?;
     Ok(options)

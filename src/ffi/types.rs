@@ -73,6 +73,20 @@ pub struct pager_options_t {
     /// Allocator for tensor buffers; NULL = built-in aligned allocator. The
     /// struct is copied at open.
     pub allocator: *const pager_allocator_t,
+    /// Nonzero: the budget follows the memory limit. A light thread looks
+    /// every 10 ms at what the process may still allocate (the memory
+    /// cgroup's limit less its working set, else MemAvailable), shrinks the
+    /// budget when other allocations need the room (leaving 32 MiB free),
+    /// and grows it back when they are freed, up to `budget_bytes` (or the
+    /// model's size with `PAGER_BUDGET_AUTO`; `pager_set_budget` sets a new
+    /// ceiling). Needs a budget. Default 0.
+    pub follow_memory: u32,
+    /// Called from that thread after each change it makes, with the old and
+    /// the new budget; may be NULL. Must not call back into the pager.
+    pub on_budget_change:
+        Option<unsafe extern "C" fn(user_data: *mut c_void, old_budget: u64, new_budget: u64)>,
+    /// Passed back to `on_budget_change`.
+    pub budget_change_user_data: *mut c_void,
 }
 
 /// One entry of a tensor table for sources that are not GGUF / safetensors.

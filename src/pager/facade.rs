@@ -9,6 +9,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::acquisitions::{random_salt, Acquisition, TicketedAcquisition};
 use super::budget::EvictState;
+use super::follow::MemoryFollower;
 use super::options::{PagerOptions, Stats};
 use super::slot::{in_use_of, Slot};
 use super::Inner;
@@ -25,6 +26,7 @@ use crate::source::{Arena, ByteSource, FileSource, IoMode, MmapSource};
 pub struct Pager {
     pub(super) inner: Arc<Inner>,
     prefetcher: Mutex<Option<Prefetcher>>,
+    follower: Mutex<Option<MemoryFollower>>,
 }
 
 impl std::fmt::Debug for Pager {
@@ -70,7 +72,8 @@ impl Pager {
     ) -> Result<Pager> {
         options.validate()?;
         let mut options = options;
-        if options.budget_bytes == crate::memlimit::BUDGET_AUTO {
+        let auto = options.budget_bytes == crate::memlimit::BUDGET_AUTO;
+        if auto {
             options.budget_bytes = crate::memlimit::auto_budget()?;
         }
         if index.source_size() > source.size() {
@@ -142,9 +145,25 @@ impl Pager {
             )?),
             None => None,
         };
+        let follower = if options.follow_memory {
+            // With auto, the budget may grow to the whole model.
+            let ceiling = if auto {
+                inner.index.total_bytes()
+            } else {
+                options.budget_bytes
+            };
+            Some(MemoryFollower::start(
+                Arc::clone(&inner),
+                ceiling,
+                options.on_budget_change.clone(),
+            )?)
+        } else {
+            None
+        };
         Ok(Pager {
             inner,
             prefetcher: Mutex::new(prefetcher),
+            follower: Mutex::new(follower),
         })
     }
 
@@ -328,7 +347,39 @@ impl Pager {
     /// [`Error::Budget`] (keeping the old budget) when pinned, in-use and
     /// loading tensors alone exceed the new one.
     pub fn set_budget(&self, budget_bytes: u64) -> Result<()> {
-        self.inner.set_budget(budget_bytes)
+        self.inner.set_budget(budget_bytes)?;
+        // Following the memory limit: the engine's budget is the ceiling.
+        if let Some(f) = self.lock_follower().as_ref() {
+            f.set_ceiling(if budget_bytes == crate::memlimit::BUDGET_AUTO {
+                self.inner.index.total_bytes()
+            } else {
+                self.inner.budget.load(Ordering::Relaxed)
+            });
+        }
+        Ok(())
+    }
+
+    /// One line for logs: the source, the io mode in effect and what it
+    /// leaves in the page cache, the budget (and whether it follows the
+    /// memory limit), the policy.
+    pub fn describe(&self) -> String {
+        let budget = self.inner.budget.load(Ordering::Relaxed);
+        format!(
+            "{}: {} tensors, io {}, budget {}{}, policy {}",
+            self.inner.source.describe(),
+            self.inner.slots.len(),
+            self.inner.source.io_description(),
+            match budget {
+                0 => "unlimited".to_owned(),
+                b => format!("{:.1} MiB", b as f64 / (1 << 20) as f64),
+            },
+            if self.lock_follower().is_some() {
+                " (follows the memory limit)"
+            } else {
+                ""
+            },
+            self.inner.policy.describe()
+        )
     }
 
     /// The eviction policy and what it has learned, in words ("schedule-aware
@@ -359,6 +410,9 @@ impl Pager {
         if let Some(mut p) = self.lock_prefetcher().take() {
             p.stop();
         }
+        if let Some(mut f) = self.lock_follower().take() {
+            f.stop();
+        }
     }
 
     /// Whether [`Pager::close`] was called.
@@ -374,6 +428,10 @@ impl Pager {
 
     fn lock_prefetcher(&self) -> MutexGuard<'_, Option<Prefetcher>> {
         self.prefetcher.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_follower(&self) -> MutexGuard<'_, Option<MemoryFollower>> {
+        self.follower.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

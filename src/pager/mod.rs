@@ -8,6 +8,7 @@
 //! - `budget.rs`: charges, eviction, the reuse pool, budget waiters;
 //! - `readahead.rs`: what the background readers read next (the narrow
 //!   interface `prefetch` is given);
+//! - `follow.rs`: the budget that follows the memory limit;
 //! - this file: the shared state and the rules checked over it.
 //!
 //! # Lock order
@@ -32,6 +33,7 @@
 mod acquisitions;
 mod budget;
 mod facade;
+mod follow;
 mod loads;
 mod options;
 mod readahead;
@@ -43,7 +45,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 pub use acquisitions::{Acquisition, TicketedAcquisition};
 pub use facade::Pager;
-pub use options::{PagerOptions, Stats};
+pub use follow::HEADROOM as FOLLOW_HEADROOM;
+pub use options::{BudgetListener, PagerOptions, Stats};
 
 use budget::EvictState;
 use slot::{in_use_of, state_of, Slot, ABSENT, PINNED, RESIDENT};

@@ -29,6 +29,37 @@ pub struct PagerOptions {
     pub wait_ms: u32,
     /// Allocator for tensor buffers; `None` uses the built-in one.
     pub allocator: Option<Arc<Allocator>>,
+    /// Follow the memory limit: a light thread looks every 10 ms at what the
+    /// process may still allocate (the memory cgroup's limit less its
+    /// working set, else `MemAvailable`), shrinks the budget when other
+    /// allocations need the room (leaving 32 MiB free) and grows it back
+    /// when they are freed, up to `budget_bytes` (up to the model's size
+    /// with [`crate::memlimit::BUDGET_AUTO`]). Needs a budget.
+    pub follow_memory: bool,
+    /// Told of every budget change `follow_memory` makes.
+    pub on_budget_change: Option<BudgetListener>,
+}
+
+/// Told of every budget change `follow_memory` makes, with the old and the
+/// new budget in bytes; called from the follower thread.
+#[derive(Clone)]
+pub struct BudgetListener(Arc<dyn Fn(u64, u64) + Send + Sync>);
+
+impl BudgetListener {
+    /// A listener calling `f(old, new)`.
+    pub fn new(f: impl Fn(u64, u64) + Send + Sync + 'static) -> Self {
+        BudgetListener(Arc::new(f))
+    }
+
+    pub(super) fn call(&self, old: u64, new: u64) {
+        (self.0)(old, new)
+    }
+}
+
+impl std::fmt::Debug for BudgetListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BudgetListener")
+    }
 }
 
 impl Default for PagerOptions {
@@ -41,6 +72,8 @@ impl Default for PagerOptions {
             alignment: 64,
             wait_ms: 0,
             allocator: None,
+            follow_memory: false,
+            on_budget_change: None,
         }
     }
 }
@@ -53,6 +86,11 @@ impl PagerOptions {
                 "alignment {} is not a power of two between 1 and 1 MiB",
                 self.alignment
             )));
+        }
+        if self.follow_memory && self.budget_bytes == 0 {
+            return Err(Error::InvalidArgument(
+                "follow_memory needs a budget (bytes, or auto)".to_owned(),
+            ));
         }
         if self.prefetch_threads > 64 {
             return Err(Error::InvalidArgument(format!(

@@ -230,6 +230,16 @@ impl ByteSource for FileSource {
         })
     }
 
+    fn io_description(&self) -> String {
+        if self.direct.is_some() {
+            "O_DIRECT (no page cache)".to_owned()
+        } else if self.drop_behind.load(Ordering::Relaxed) {
+            "pread, page cache dropped behind each read".to_owned()
+        } else {
+            "pread through the page cache".to_owned()
+        }
+    }
+
     fn verify_unchanged(&self) -> Result<()> {
         self.identity.verify(&self.file, &self.path)
     }

@@ -64,6 +64,10 @@ impl ByteSource for MmapSource {
         format!("file '{}' (mapped)", self.path.display())
     }
 
+    fn io_description(&self) -> String {
+        "mmap (the kernel, not the budget, decides which pages stay)".to_owned()
+    }
+
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let what = || format!("read from {}", self.describe());
         super::check_range(&what, offset, buf.len() as u64, self.size())?;

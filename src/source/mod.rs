@@ -56,6 +56,13 @@ pub trait ByteSource: Send + Sync {
     /// Says what the source is, for error messages ("file 'model.gguf'").
     fn describe(&self) -> String;
 
+    /// How the source reads now, for logs: the io mode in effect and what
+    /// it leaves in the page cache ("pread, page cache dropped behind each
+    /// read"). Defaults to [`ByteSource::describe`].
+    fn io_description(&self) -> String {
+        self.describe()
+    }
+
     /// Fills `buf` with the bytes at `offset..offset + buf.len()`.
     /// A read past the end is [`Error::OutOfBounds`]; a short read or an
     /// errno is [`Error::Io`].
