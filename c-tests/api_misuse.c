@@ -123,7 +123,7 @@ static void bad_options(const char *model) {
   pager_t *p = (pager_t *)0x1;
   pager_options_default(&o);
   CHECK(o.struct_size == sizeof(pager_options_t));
-  CHECK(o.alignment == 64 && o.policy == PAGER_POLICY_AUTO && o.io_mode == PAGER_IO_PREAD);
+  CHECK(o.alignment == 64 && o.policy == PAGER_POLICY_AUTO && o.io_mode == PAGER_IO_AUTO);
   CHECK(o.prefetch_threads == 1 && o.budget_bytes == 0 && o.wait_ms == 0 && o.allocator == NULL);
   CHECK(o.follow_memory == 0 && o.on_budget_change == NULL && o.budget_change_user_data == NULL);
   /* Following the memory limit needs a budget to follow it with. */
@@ -252,6 +252,9 @@ static void budget_rules(const char *model) {
   o.budget_bytes = a.size + b.size - 1;
   o.wait_ms = 20;
   o.prefetch_threads = 0; /* exact miss counts below */
+  /* Charges of exactly the tensors' sizes (O_DIRECT, the default under a
+     budget, charges whole pages). */
+  o.io_mode = PAGER_IO_PREAD;
   CHECK_OK(pager_open_gguf(model, &o, &p));
   pager_tensor_t ta, tb;
   CHECK_OK(pager_acquire(p, 1, &ta));

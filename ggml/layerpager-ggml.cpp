@@ -337,6 +337,12 @@ layerpager_ggml * layerpager_ggml_init(const char * model_path, const layerpager
         LP_LOG("open of %s failed: %s\n", model_path, pager_last_error_message());
         return nullptr;
     }
+    // One line that says how the weights will be read (the io mode in
+    // effect, the budget, the policy).
+    char line[512];
+    if (pager_describe(pager, line, sizeof line, nullptr) == PAGER_OK) {
+        LP_LOG("%s\n", line);
+    }
     auto * lg = new layerpager_ggml();
     lg->pager = pager;
     for (size_t i = 0; i < pager_tensor_count(pager); i++) {

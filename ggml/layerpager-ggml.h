@@ -43,7 +43,7 @@ struct layerpager_ggml;
 
 struct layerpager_ggml_params {
     uint64_t budget_bytes;      // bytes of weights kept resident; 0 = unlimited
-    uint32_t io_mode;           // PAGER_IO_PREAD (default), PAGER_IO_DIRECT, PAGER_IO_MMAP
+    uint32_t io_mode;           // PAGER_IO_AUTO (default), PAGER_IO_PREAD, PAGER_IO_DIRECT, PAGER_IO_MMAP
     uint32_t prefetch_threads;  // background readers; default 1
     uint32_t wait_ms;           // how long an acquire waits for budget held by other threads
 };

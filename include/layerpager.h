@@ -42,7 +42,7 @@
 #define PAGER_POLICY_SCHEDULE 2
 
 /**
- * Positioned reads (default). With a budget set, each read drops what it
+ * Positioned reads. With a budget set, each read drops what it
  * brought into the page cache, so that the budget holds inside a
  * container's memory limit (the page cache is charged to the process).
  */
@@ -59,6 +59,15 @@
  * not the budget, decides which pages of the mapping stay in memory.
  */
 #define PAGER_IO_MMAP 2
+
+/**
+ * The default io mode, decided at open: with a budget smaller than the
+ * file, `O_DIRECT` where the file system allows it (else pread dropping
+ * the page cache behind each read), so that no page cache outside the
+ * budget is left and no copy is made through it; else pread (dropping
+ * behind with a budget). `pager_describe` says which.
+ */
+#define PAGER_IO_AUTO 3
 
 /**
  * `budget_bytes` value (and `pager_set_budget` argument) that derives the
@@ -300,7 +309,7 @@ typedef struct pager_options_t {
    */
   uint32_t policy;
   /**
-   * `PAGER_IO_PREAD` (default), `PAGER_IO_DIRECT`, `PAGER_IO_MMAP`.
+   * `PAGER_IO_AUTO` (default), `PAGER_IO_PREAD`, `PAGER_IO_DIRECT`, `PAGER_IO_MMAP`.
    */
   uint32_t io_mode;
   /**
@@ -628,7 +637,7 @@ enum pager_status_t pager_get_stats(const struct pager_t *p,
 
 /**
  * Fills `*opts` with the defaults: unlimited budget, `PAGER_POLICY_AUTO`,
- * `PAGER_IO_PREAD`, 1 background reader, alignment 64, no waiting,
+ * `PAGER_IO_AUTO`, 1 background reader, alignment 64, no waiting,
  * built-in allocator, the budget not following the memory limit, and
  * `struct_size = sizeof(pager_options_t)`. NULL is
  * ignored.

@@ -65,6 +65,9 @@ fn slices_and_parent_are_charged_once_each_within_the_budget() {
             budget_bytes: size + size / 2,
             policy: PolicyKind::Lru,
             prefetch_threads: 0,
+            // Charges of exactly the slices' sizes (O_DIRECT, the default
+            // under a budget, charges whole pages).
+            io_mode: layerpager::IoMode::Pread,
             ..Default::default()
         },
     )

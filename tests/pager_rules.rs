@@ -16,12 +16,14 @@ fn table_pager(n: usize, size: u64, options: PagerOptions) -> (tempfile::TempDir
 }
 
 /// Exact counting needs no background readers: they would turn misses
-/// into prefetch hits at their own pace.
+/// into prefetch hits at their own pace; and exact charges need plain
+/// reads (O_DIRECT, the default under a budget, charges whole pages).
 fn budget(bytes: u64) -> PagerOptions {
     PagerOptions {
         budget_bytes: bytes,
         policy: PolicyKind::Lru,
         prefetch_threads: 0,
+        io_mode: layerpager::IoMode::Pread,
         ..Default::default()
     }
 }
@@ -336,6 +338,8 @@ fn schedule_aware_policy_beats_lru_on_a_cyclic_sweep() {
                 budget_bytes: 5000,
                 policy,
                 prefetch_threads: 0,
+                // 1000-byte tensors: O_DIRECT would charge each two pages.
+                io_mode: layerpager::IoMode::Pread,
                 ..Default::default()
             },
         );
@@ -413,6 +417,8 @@ fn auto_policy_learns_the_cycle_without_a_declared_schedule() {
         1000,
         PagerOptions {
             budget_bytes: 20_000,
+            // 1000-byte tensors: O_DIRECT would charge each two pages.
+            io_mode: layerpager::IoMode::Pread,
             ..Default::default()
         },
     );

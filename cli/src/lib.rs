@@ -1,11 +1,13 @@
 //! What the `layerpager` command is built from, apart from the pager itself:
 //! a policy simulator, synthetic llama-shaped models, demo workloads that run
-//! forward passes and measure them, and a seeded MoE routing generator. No
+//! forward passes and measure them, a seeded MoE routing generator, and
+//! memory cgroups to measure under a kernel limit. No
 //! engine needs any of this; the library crate `layerpager` carries only the
 //! pager.
 
 #![warn(missing_docs)]
 
+pub mod cgroup;
 pub mod moe;
 pub mod sim;
 pub mod synth;

@@ -137,6 +137,7 @@ pub(crate) enum PolicyArg {
 
 #[derive(Clone, Copy, ValueEnum)]
 pub(crate) enum IoArg {
+    Auto,
     Pread,
     Direct,
     Mmap,

@@ -7,61 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use layerpager_tools::cgroup::MemoryCgroup;
+
 const MIB: u64 = 1 << 20;
-
-/// Numbers the cgroups of one test process (tests run in parallel).
-static NEXT_CGROUP: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// A memory cgroup of our own below the process's, removed on drop.
-struct MemoryCgroup(PathBuf);
-
-impl MemoryCgroup {
-    fn create(limit: u64) -> Result<Self, String> {
-        let own =
-            std::fs::read_to_string("/proc/self/cgroup").map_err(|e| format!("/proc/self/cgroup: {e}"))?;
-        let path = own
-            .lines()
-            .find_map(|l| {
-                let mut parts = l.splitn(3, ':');
-                let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-                controllers
-                    .split(',')
-                    .any(|c| c == "memory")
-                    .then(|| path.to_owned())
-            })
-            .ok_or("no cgroup v1 memory controller for this process")?;
-        let dir = Path::new("/sys/fs/cgroup/memory")
-            .join(path.trim_start_matches('/'))
-            .join(format!(
-                "layerpager-test-{}-{}",
-                std::process::id(),
-                NEXT_CGROUP.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            ));
-        std::fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
-        let cgroup = MemoryCgroup(dir);
-        std::fs::write(cgroup.0.join("memory.limit_in_bytes"), limit.to_string())
-            .map_err(|e| format!("memory.limit_in_bytes: {e}"))?;
-        Ok(cgroup)
-    }
-
-    fn read(&self, file: &str) -> String {
-        std::fs::read_to_string(self.0.join(file)).unwrap_or_default()
-    }
-
-    fn oom_kills(&self) -> u64 {
-        self.read("memory.oom_control")
-            .lines()
-            .find_map(|l| l.strip_prefix("oom_kill "))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for MemoryCgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
 
 const EXE: &str = env!("CARGO_BIN_EXE_layerpager");
 
@@ -76,15 +24,23 @@ fn synth(dir: &Path, layers: u32) -> PathBuf {
     model
 }
 
-/// `layerpager bench MODEL --budget BUDGET --passes 2` inside `cgroup` (the
-/// shell moves itself in, then becomes the bench); stdout and stderr.
+/// `layerpager bench MODEL --budget BUDGET --passes 2` inside `cgroup`;
+/// whether it succeeded, stdout and stderr.
 fn bench_in(cgroup: &MemoryCgroup, model: &Path, budget: &str) -> (bool, String, String) {
-    let script = format!(
-        "echo $$ > '{}' && exec '{EXE}' bench '{}' --budget {budget} --passes 2",
-        cgroup.0.join("cgroup.procs").display(),
-        model.display()
-    );
-    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    let out = cgroup
+        .run(
+            Path::new(EXE),
+            &[
+                "bench",
+                model.to_str().unwrap(),
+                "--budget",
+                budget,
+                "--passes",
+                "2",
+            ],
+            &[],
+        )
+        .unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -118,11 +74,7 @@ fn default_io_mode_holds_a_cgroup_limit_of_budget_plus_8_mib() {
         "OOM-killed under budget + 8 MiB:\n{stdout}\n{stderr}"
     );
     assert!(ok, "{stdout}\n{stderr}");
-    let peak: u64 = cgroup
-        .read("memory.max_usage_in_bytes")
-        .trim()
-        .parse()
-        .unwrap_or(0);
+    let peak = cgroup.peak();
     assert!(peak <= budget + 8 * MIB, "peak {peak} past the limit");
     assert!(
         stdout.contains("layerpager, schedule declared, 1 reader"),
@@ -243,28 +195,21 @@ fn follow_memory_gives_way_to_a_hog() {
     let Some(cgroup) = cgroup_or_skip(limit) else {
         return;
     };
-    let procs = cgroup.0.join("cgroup.procs");
-    let pager = Command::new("sh")
-        .args([
-            "-c",
-            &format!(
-                "echo $$ > '{}' && exec '{}' follow_memory_child --exact --ignored --nocapture",
-                procs.display(),
-                std::env::current_exe().unwrap().display()
-            ),
-        ])
-        .env("LAYERPAGER_FOLLOW_MODEL", &model)
-        .env("LAYERPAGER_FOLLOW_BUDGET", ceiling.to_string())
+    let pager = cgroup
+        .command(
+            &std::env::current_exe().unwrap(),
+            &["follow_memory_child", "--exact", "--ignored", "--nocapture"],
+            &[
+                ("LAYERPAGER_FOLLOW_MODEL", model.to_str().unwrap()),
+                ("LAYERPAGER_FOLLOW_BUDGET", &ceiling.to_string()),
+            ],
+        )
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(800));
-    let hog_out = Command::new("sh")
-        .args([
-            "-c",
-            &format!("echo $$ > '{}' && exec python3 -c '{HOG}' {hog}", procs.display()),
-        ])
-        .output()
+    let hog_out = cgroup
+        .run(Path::new("python3"), &["-c", HOG, &hog.to_string()], &[])
         .unwrap();
     let pager_out = pager.wait_with_output().unwrap();
     let (out, hog_said) = (
@@ -311,4 +256,51 @@ fn follow_memory_gives_way_to_a_hog() {
     // Back to the ceiling after the hog leaves.
     let last = changes.last().expect("budget changes");
     assert!(last.0 > leaving && last.1 == ceiling, "{out}");
+}
+
+#[test]
+fn bench_cgroup_limit_runs_every_contender_in_its_own_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = synth(dir.path(), 9);
+    let out = Command::new(EXE)
+        .args([
+            "bench",
+            model.to_str().unwrap(),
+            "--budget",
+            "50%",
+            "--passes",
+            "2",
+            "--cgroup-limit",
+            "+8M",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if stdout.contains("skipped, no memory cgroup") {
+        eprintln!("{stdout}");
+        return;
+    }
+    for label in [
+        "mmap, no hints",
+        "mmap as llama.cpp",
+        "layerpager, pread dropping behind",
+        "layerpager, io=mmap",
+    ] {
+        assert!(stdout.contains(label), "{label}: {stdout}");
+    }
+    // The default mode: every pass done, not killed, within 5% of the bound.
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("layerpager, default"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    let n = cols.len();
+    assert_eq!(cols[n - 2], "0", "OOM kills: {row}");
+    let vs_bound: f64 = cols[n - 5].trim_end_matches('x').parse().unwrap();
+    assert!(vs_bound <= 1.05, "{row}");
 }

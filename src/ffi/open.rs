@@ -15,7 +15,7 @@ use crate::source::{Allocator, CallbackSource, IoMode};
 use crate::BudgetListener;
 
 /// Fills `*opts` with the defaults: unlimited budget, `PAGER_POLICY_AUTO`,
-/// `PAGER_IO_PREAD`, 1 background reader, alignment 64, no waiting,
+/// `PAGER_IO_AUTO`, 1 background reader, alignment 64, no waiting,
 /// built-in allocator, the budget not following the memory limit, and
 /// `struct_size = sizeof(pager_options_t)`. NULL is
 /// ignored.
@@ -38,7 +38,7 @@ fn default_c_options() -> pager_options_t {
         struct_size: std::mem::size_of::<pager_options_t>() as u32,
         budget_bytes: d.budget_bytes,
         policy: PAGER_POLICY_AUTO,
-        io_mode: PAGER_IO_PREAD,
+        io_mode: PAGER_IO_AUTO,
         prefetch_threads: d.prefetch_threads,
         alignment: d.alignment as u32,
         wait_ms: d.wait_ms,

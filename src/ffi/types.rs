@@ -12,7 +12,7 @@ pub const PAGER_POLICY_AUTO: u32 = 0;
 pub const PAGER_POLICY_LRU: u32 = 1;
 /// Furthest next use in the schedule given to `pager_set_schedule`.
 pub const PAGER_POLICY_SCHEDULE: u32 = 2;
-/// Positioned reads (default). With a budget set, each read drops what it
+/// Positioned reads. With a budget set, each read drops what it
 /// brought into the page cache, so that the budget holds inside a
 /// container's memory limit (the page cache is charged to the process).
 pub const PAGER_IO_PREAD: u32 = 0;
@@ -22,6 +22,12 @@ pub const PAGER_IO_DIRECT: u32 = 1;
 /// A read-only mapping; aligned tensors are handed out in place. The kernel,
 /// not the budget, decides which pages of the mapping stay in memory.
 pub const PAGER_IO_MMAP: u32 = 2;
+/// The default io mode, decided at open: with a budget smaller than the
+/// file, `O_DIRECT` where the file system allows it (else pread dropping
+/// the page cache behind each read), so that no page cache outside the
+/// budget is left and no copy is made through it; else pread (dropping
+/// behind with a budget). `pager_describe` says which.
+pub const PAGER_IO_AUTO: u32 = 3;
 /// `budget_bytes` value (and `pager_set_budget` argument) that derives the
 /// budget from the process's memory limit: the memory cgroup's limit (v2
 /// `memory.max`, v1 `memory.limit_in_bytes`) less what it already uses, or
@@ -59,7 +65,7 @@ pub struct pager_options_t {
     pub budget_bytes: u64,
     /// `PAGER_POLICY_AUTO` (default), `PAGER_POLICY_LRU`, `PAGER_POLICY_SCHEDULE`.
     pub policy: u32,
-    /// `PAGER_IO_PREAD` (default), `PAGER_IO_DIRECT`, `PAGER_IO_MMAP`.
+    /// `PAGER_IO_AUTO` (default), `PAGER_IO_PREAD`, `PAGER_IO_DIRECT`, `PAGER_IO_MMAP`.
     pub io_mode: u32,
     /// Background reader threads that read ahead along the schedule and
     /// serve `pager_prefetch`; 0 = no background reads. Default 1.

@@ -41,14 +41,14 @@ impl std::fmt::Debug for Pager {
 impl Pager {
     /// Opens a GGUF file.
     pub fn open_gguf(path: impl AsRef<Path>, options: PagerOptions) -> Result<Pager> {
-        let source = open_file_source(path.as_ref(), options.io_mode)?;
+        let source = open_file_source(path.as_ref(), options.io_mode, options.budget_bytes)?;
         let index = index::gguf::parse(source.as_ref())?;
         Self::with_source(source, index, options)
     }
 
     /// Opens a safetensors file.
     pub fn open_safetensors(path: impl AsRef<Path>, options: PagerOptions) -> Result<Pager> {
-        let source = open_file_source(path.as_ref(), options.io_mode)?;
+        let source = open_file_source(path.as_ref(), options.io_mode, options.budget_bytes)?;
         let index = index::safetensors::parse(source.as_ref())?;
         Self::with_source(source, index, options)
     }
@@ -59,7 +59,7 @@ impl Pager {
         table: &[(S, u64, u64)],
         options: PagerOptions,
     ) -> Result<Pager> {
-        let source = open_file_source(path.as_ref(), options.io_mode)?;
+        let source = open_file_source(path.as_ref(), options.io_mode, options.budget_bytes)?;
         let index = TensorIndex::from_table(table, source.size())?;
         Self::with_source(source, index, options)
     }
@@ -451,9 +451,15 @@ fn new_slots(index: &TensorIndex) -> Result<SegVec<Slot>> {
     Ok(slots)
 }
 
-fn open_file_source(path: &Path, mode: IoMode) -> Result<Box<dyn ByteSource>> {
+/// Opens `path` as `mode` reads it; `budget` decides what [`IoMode::Auto`]
+/// is: `O_DIRECT` when the file does not fit the budget (what does fit is
+/// read once, and `O_DIRECT`'s page-rounded buffers would make a budget of
+/// the model's size too small by two pages a tensor), plain reads else.
+fn open_file_source(path: &Path, mode: IoMode, budget: u64) -> Result<Box<dyn ByteSource>> {
+    let fits = || std::fs::metadata(path).is_ok_and(|m| m.len() <= budget);
     Ok(match mode {
-        IoMode::Pread => Box::new(FileSource::open(path)?),
+        IoMode::Auto if budget != 0 && !fits() => Box::new(FileSource::open_direct(path)?),
+        IoMode::Auto | IoMode::Pread => Box::new(FileSource::open(path)?),
         IoMode::Direct => Box::new(FileSource::open_direct(path)?),
         IoMode::Mmap => Box::new(MmapSource::open(path)?),
     })

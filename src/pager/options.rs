@@ -15,7 +15,7 @@ pub struct PagerOptions {
     pub budget_bytes: u64,
     /// Eviction policy.
     pub policy: PolicyKind,
-    /// How file sources are read.
+    /// How file sources are read; [`IoMode::Auto`] by default.
     pub io_mode: IoMode,
     /// Background reader threads; 0 means no background reads. Default 1:
     /// one reader overlaps reads with compute; more read more bytes for now
@@ -67,7 +67,7 @@ impl Default for PagerOptions {
         PagerOptions {
             budget_bytes: 0,
             policy: PolicyKind::Auto,
-            io_mode: IoMode::Pread,
+            io_mode: IoMode::Auto,
             prefetch_threads: 1,
             alignment: 64,
             wait_ms: 0,

@@ -25,8 +25,14 @@ use crate::error::{Error, Result};
 /// How a file source reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum IoMode {
-    /// `pread` through the page cache (default).
+    /// Decided at open (the default): with a budget smaller than the file,
+    /// `O_DIRECT` where the file system allows it (else `pread` dropping the
+    /// page cache behind each read), so that no page cache outside the
+    /// budget is left; else `pread` (dropping behind with a budget).
     #[default]
+    Auto,
+    /// `pread` through the page cache; with a budget, what each read brings
+    /// into the page cache is dropped behind it.
     Pread,
     /// `pread` with `O_DIRECT`, bypassing the page cache. Falls back to
     /// plain `pread` on file systems that refuse `O_DIRECT` (tmpfs).
@@ -42,6 +48,7 @@ impl IoMode {
             0 => Some(IoMode::Pread),
             1 => Some(IoMode::Direct),
             2 => Some(IoMode::Mmap),
+            3 => Some(IoMode::Auto),
             _ => None,
         }
     }

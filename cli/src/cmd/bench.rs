@@ -8,6 +8,7 @@ use layerpager::source::{drop_page_cache, raw_pread_sweep};
 use layerpager::{Error, IoMode, PagerOptions, PolicyKind};
 use layerpager_tools::workload::{lower_bound_bytes, rss, run_passes, PassConfig, PassReport};
 
+use super::contend;
 use crate::format::{bar, gbps, human, open_index, open_pager, parse_budget};
 use crate::{IoArg, PolicyArg};
 
@@ -29,7 +30,8 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_enum, default_value_t = PolicyArg::Auto)]
     policy: PolicyArg,
     /// How the file is read.
-    #[arg(long, value_enum, default_value_t = IoArg::Pread)]
+    /// (auto: O_DIRECT with a budget where the file system allows it.)
+    #[arg(long, value_enum, default_value_t = IoArg::Auto)]
     io: IoArg,
     /// Background reader threads.
     #[arg(long, default_value_t = 1)]
@@ -43,11 +45,24 @@ pub(crate) struct BenchArgs {
     /// Keep the page cache warm (default: drop it before each pass).
     #[arg(long)]
     warm: bool,
+    /// Run each contender (mmap as it comes, mmap as llama.cpp maps a
+    /// model, layerpager in every io mode) in a memory cgroup of its own
+    /// limited to SIZE (bytes, 512M, ..., or +SIZE: the budget plus SIZE),
+    /// and print what the limit did to each. Needs root and a memory
+    /// controller (cgroup v1, or v2 with memory enabled); says why it skips
+    /// otherwise.
+    #[arg(long, value_name = "SIZE")]
+    cgroup_limit: Option<String>,
+    /// One contender of --cgroup-limit, run as its child.
+    #[arg(long, hide = true)]
+    contender: Option<String>,
 }
 
 /// One measured configuration.
 pub(crate) struct Run {
     label: String,
+    /// The pager's own line: io mode in effect, budget, policy.
+    described: String,
     report: PassReport,
     peak_rss_delta: Option<u64>,
 }
@@ -60,6 +75,7 @@ pub(crate) fn measure(
     warm: bool,
 ) -> Result<Run, Error> {
     let pager = open_pager(path, options)?;
+    let described = pager.describe();
     let order = pager.index().forward_order();
     let pb = bar(order.len() as u64 * config.passes as u64, label);
     let base = rss::current_bytes();
@@ -71,6 +87,7 @@ pub(crate) fn measure(
     drop(pager);
     Ok(Run {
         label: label.to_owned(),
+        described,
         report,
         peak_rss_delta: base.zip(peak).map(|(b, p)| p.saturating_sub(b)),
     })
@@ -145,6 +162,9 @@ pub(crate) fn print_runs(runs: &[Run], budget: u64, passes: u32, raw: (u64, Dura
             r.peak_rss_delta.map(human).unwrap_or_else(|| "?".into()),
         );
     }
+    if let Some(last) = runs.last() {
+        println!("last run: {}", last.described);
+    }
 }
 
 /// What the budget covers in mmap mode, said under every mmap table.
@@ -174,7 +194,12 @@ pub(crate) fn bench(a: BenchArgs) -> Result<(), Error> {
     let index = open_index(&a.model)?;
     let model = index.total_bytes();
     // O_DIRECT reads whole pages around a tensor: up to two more pages.
-    let largest = index.largest_tensor() + if matches!(a.io, IoArg::Direct) { 8192 } else { 0 };
+    let largest = index.largest_tensor()
+        + if matches!(a.io, IoArg::Direct | IoArg::Auto) {
+            8192
+        } else {
+            0
+        };
     // Every budget is checked before any work is done.
     let budgets = a
         .budget
@@ -191,6 +216,20 @@ pub(crate) fn bench(a: BenchArgs) -> Result<(), Error> {
             )));
         }
     }
+    if let Some(name) = &a.contender {
+        return contend::child(&a.model, name, budgets[0], a.passes);
+    }
+    if let Some(limit) = &a.cgroup_limit {
+        for &budget in &budgets {
+            contend::run(
+                &a.model,
+                budget,
+                contend::limit_for(limit, budget, model)?,
+                a.passes,
+            )?;
+        }
+        return Ok(());
+    }
     let raw = raw_reference(&a.model, a.warm)?;
     print_header(model, a.passes, raw, a.compute_gbps);
     let config = PassConfig {
@@ -199,6 +238,7 @@ pub(crate) fn bench(a: BenchArgs) -> Result<(), Error> {
         declare_schedule: !a.no_schedule,
     };
     let io_mode = match a.io {
+        IoArg::Auto => IoMode::Auto,
         IoArg::Pread => IoMode::Pread,
         IoArg::Direct => IoMode::Direct,
         IoArg::Mmap => IoMode::Mmap,

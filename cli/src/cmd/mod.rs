@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub(crate) mod bench;
+pub(crate) mod contend;
 pub(crate) mod demo;
 pub(crate) mod inspect;
 pub(crate) mod plan;
