@@ -61,11 +61,13 @@
 #define PAGER_IO_MMAP 2
 
 /**
- * The default io mode, decided at open: with a budget smaller than the
- * file, `O_DIRECT` where the file system allows it (else pread dropping
- * the page cache behind each read), so that no page cache outside the
- * budget is left and no copy is made through it; else pread (dropping
- * behind with a budget). `pager_describe` says which.
+ * The default io mode, decided at open. With a budget smaller than the
+ * file: if the file fits in the memory the limit leaves beside the budget
+ * (memory cgroup limit less use, else MemAvailable, less 64 MiB), pread
+ * through the page cache, which serves every pass after the first; if not,
+ * O_DIRECT where the file system allows it (else pread dropping the page
+ * cache behind each read), so that no page cache presses the limit. With
+ * no budget, or one the file fits in, pread. `pager_describe` says which.
  */
 #define PAGER_IO_AUTO 3
 

@@ -506,3 +506,31 @@ fn read_copies_a_range_without_making_the_tensor_resident() {
     );
     pager.check_invariants().unwrap();
 }
+
+#[test]
+fn the_default_io_mode_keeps_the_page_cache_only_where_it_presses_nothing() {
+    let (_d, path) = pattern_file(64 * 4096);
+    let table = even_table(64, 4096);
+    let describe = |budget_bytes: u64| {
+        let options = PagerOptions {
+            budget_bytes,
+            prefetch_threads: 0,
+            ..Default::default()
+        };
+        Pager::open_table(&path, &table, options).unwrap().describe()
+    };
+    // No budget: plain reads. A budget the file fits in: read once, and
+    // the copy in the page cache dropped (the budget holds the tensors).
+    assert!(
+        describe(0).contains("io pread through the page cache,"),
+        "{}",
+        describe(0)
+    );
+    let line = describe(1 << 20);
+    assert!(line.contains("io pread, page cache dropped behind"), "{line}");
+    // A budget smaller than this small file, with memory to spare beside
+    // it: the page cache serves later passes (the memory-limit tests see
+    // O_DIRECT chosen inside a tight cgroup).
+    let line = describe(64 << 10);
+    assert!(line.contains("fits in memory beside the budget"), "{line}");
+}

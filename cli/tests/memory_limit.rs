@@ -296,11 +296,13 @@ fn bench_cgroup_limit_runs_every_contender_in_its_own_limit() {
     // The default mode: every pass done, not killed, within 5% of the bound.
     let row = stdout
         .lines()
-        .find(|l| l.starts_with("layerpager, default"))
+        .find(|l| l.starts_with("layerpager, default io mode"))
         .unwrap_or_else(|| panic!("{stdout}"));
     let cols: Vec<&str> = row.split_whitespace().collect();
     let n = cols.len();
     assert_eq!(cols[n - 2], "0", "OOM kills: {row}");
+    // Under a limit the file does not fit beside the budget: no page cache.
+    assert!(stdout.contains("the default io mode chose: O_DIRECT"), "{stdout}");
     let vs_bound: f64 = cols[n - 5].trim_end_matches('x').parse().unwrap();
     assert!(vs_bound <= 1.05, "{row}");
 }

@@ -22,11 +22,13 @@ pub const PAGER_IO_DIRECT: u32 = 1;
 /// A read-only mapping; aligned tensors are handed out in place. The kernel,
 /// not the budget, decides which pages of the mapping stay in memory.
 pub const PAGER_IO_MMAP: u32 = 2;
-/// The default io mode, decided at open: with a budget smaller than the
-/// file, `O_DIRECT` where the file system allows it (else pread dropping
-/// the page cache behind each read), so that no page cache outside the
-/// budget is left and no copy is made through it; else pread (dropping
-/// behind with a budget). `pager_describe` says which.
+/// The default io mode, decided at open. With a budget smaller than the
+/// file: if the file fits in the memory the limit leaves beside the budget
+/// (memory cgroup limit less use, else MemAvailable, less 64 MiB), pread
+/// through the page cache, which serves every pass after the first; if not,
+/// O_DIRECT where the file system allows it (else pread dropping the page
+/// cache behind each read), so that no page cache presses the limit. With
+/// no budget, or one the file fits in, pread. `pager_describe` says which.
 pub const PAGER_IO_AUTO: u32 = 3;
 /// `budget_bytes` value (and `pager_set_budget` argument) that derives the
 /// budget from the process's memory limit: the memory cgroup's limit (v2

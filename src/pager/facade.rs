@@ -452,14 +452,25 @@ fn new_slots(index: &TensorIndex) -> Result<SegVec<Slot>> {
 }
 
 /// Opens `path` as `mode` reads it; `budget` decides what [`IoMode::Auto`]
-/// is: `O_DIRECT` when the file does not fit the budget (what does fit is
-/// read once, and `O_DIRECT`'s page-rounded buffers would make a budget of
-/// the model's size too small by two pages a tensor), plain reads else.
+/// is (see there).
 fn open_file_source(path: &Path, mode: IoMode, budget: u64) -> Result<Box<dyn ByteSource>> {
-    let fits = || std::fs::metadata(path).is_ok_and(|m| m.len() <= budget);
+    let len = std::fs::metadata(path).map_or(u64::MAX, |m| m.len());
+    // The file and the budget together fit in what the memory limit leaves,
+    // with the headroom `budget = auto` keeps: the page cache presses nothing.
+    let fits_beside = || {
+        crate::memlimit::room().is_ok_and(|(room, _)| {
+            len.saturating_add(budget)
+                .saturating_add(crate::memlimit::AUTO_HEADROOM)
+                <= room
+        })
+    };
     Ok(match mode {
-        IoMode::Auto if budget != 0 && !fits() => Box::new(FileSource::open_direct(path)?),
-        IoMode::Auto | IoMode::Pread => Box::new(FileSource::open(path)?),
+        // The file fits the budget: read once. (O_DIRECT's page-rounded
+        // buffers would make a budget of the model's size too small.)
+        IoMode::Auto if budget == 0 || len <= budget => Box::new(FileSource::open(path)?),
+        IoMode::Auto if fits_beside() => Box::new(FileSource::open_keeping_cache(path)?),
+        IoMode::Auto => Box::new(FileSource::open_direct(path)?),
+        IoMode::Pread => Box::new(FileSource::open(path)?),
         IoMode::Direct => Box::new(FileSource::open_direct(path)?),
         IoMode::Mmap => Box::new(MmapSource::open(path)?),
     })

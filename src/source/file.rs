@@ -77,6 +77,8 @@ pub struct FileSource {
     /// Drop what plain reads bring into the page cache (see
     /// [`ByteSource::set_drop_behind`]).
     drop_behind: AtomicBool,
+    /// Never drop behind: the file fits in memory beside the budget.
+    keep_cache: bool,
 }
 
 /// Plain reads that drop behind themselves go in chunks of this size, so
@@ -87,6 +89,16 @@ impl FileSource {
     /// Opens `path` for positioned reads through the page cache.
     pub fn open(path: &Path) -> Result<Self> {
         Self::open_with(path, false)
+    }
+
+    /// Opens `path` for reads through the page cache that never drop
+    /// behind, even under a budget: for a file that fits in the memory
+    /// left beside the budget, where the cache costs nothing and serves
+    /// every pass after the first.
+    pub fn open_keeping_cache(path: &Path) -> Result<Self> {
+        let mut f = Self::open_with(path, false)?;
+        f.keep_cache = true;
+        Ok(f)
     }
 
     /// Opens `path` with `O_DIRECT`; where the file system refuses it
@@ -126,6 +138,7 @@ impl FileSource {
             identity,
             direct,
             drop_behind: AtomicBool::new(false),
+            keep_cache: false,
         })
     }
 
@@ -235,6 +248,8 @@ impl ByteSource for FileSource {
             "O_DIRECT (no page cache)".to_owned()
         } else if self.drop_behind.load(Ordering::Relaxed) {
             "pread, page cache dropped behind each read".to_owned()
+        } else if self.keep_cache {
+            "pread through the page cache (the file fits in memory beside the budget)".to_owned()
         } else {
             "pread through the page cache".to_owned()
         }
@@ -249,6 +264,7 @@ impl ByteSource for FileSource {
     }
 
     fn set_drop_behind(&self, on: bool) {
+        let on = on && !self.keep_cache;
         self.drop_behind.store(on, Ordering::Relaxed);
         // The kernel's own read-ahead would fill the page cache past the
         // chunk being dropped: off while dropping behind (the pager reads

@@ -25,10 +25,14 @@ use crate::error::{Error, Result};
 /// How a file source reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum IoMode {
-    /// Decided at open (the default): with a budget smaller than the file,
-    /// `O_DIRECT` where the file system allows it (else `pread` dropping the
-    /// page cache behind each read), so that no page cache outside the
-    /// budget is left; else `pread` (dropping behind with a budget).
+    /// Decided at open (the default). With a budget smaller than the file:
+    /// if the file fits in the memory the limit leaves beside the budget
+    /// (cgroup limit less use, else `MemAvailable`, less 64 MiB), `pread`
+    /// through the page cache, which then serves every pass after the
+    /// first; if not, `O_DIRECT` where the file system allows it (else
+    /// `pread` dropping the page cache behind each read), so that no page
+    /// cache presses the limit. With no budget, or one the file fits in,
+    /// `pread`.
     #[default]
     Auto,
     /// `pread` through the page cache; with a budget, what each read brings

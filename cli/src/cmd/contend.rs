@@ -18,7 +18,7 @@ use crate::format::{human, open_index, open_pager, parse_size};
 const CONTENDERS: [(&str, &str); 5] = [
     ("mmap", "mmap, no hints"),
     ("mmap-llama", "mmap as llama.cpp (MAP_POPULATE, SEQUENTIAL)"),
-    ("auto", "layerpager, default (auto: O_DIRECT)"),
+    ("auto", "layerpager, default io mode (auto)"),
     ("pread", "layerpager, pread dropping behind"),
     ("pager-mmap", "layerpager, io=mmap"),
 ];
@@ -118,6 +118,8 @@ struct Outcome {
     oom_kills: u64,
     refaults: u64,
     failure: Option<String>,
+    /// The pager's own line (io mode in effect), for the pager contenders.
+    described: Option<String>,
 }
 
 /// Runs every contender at `budget` under `limit`, `passes` passes each,
@@ -169,6 +171,10 @@ pub(crate) fn run(model: &Path, budget: u64, limit: u64, passes: u32) -> Result<
             peak: cgroup.peak(),
             oom_kills: cgroup.oom_kills(),
             refaults: file_refaults() - refaults,
+            described: stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("pager: "))
+                .map(str::to_owned),
             failure: (!out.status.success()).then(|| {
                 use std::os::unix::process::ExitStatusExt;
                 match (out.status.signal(), stderr.lines().last()) {
@@ -247,6 +253,16 @@ fn print_table(outcomes: &[Outcome], model: u64, budget: u64, limit: u64, passes
         );
         if let Some(f) = &o.failure {
             println!("    ended early ({} of {passes} passes): {f}", o.passes.len());
+        }
+    }
+    if let Some(auto) = outcomes.iter().find(|o| o.label == CONTENDERS[2].1) {
+        if let Some(line) = &auto.described {
+            let io = line
+                .split(", io ")
+                .nth(1)
+                .and_then(|r| r.split(", budget").next())
+                .unwrap_or(line);
+            println!("the default io mode chose: {io}");
         }
     }
     println!(
