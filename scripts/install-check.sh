@@ -20,6 +20,13 @@ cmake --build "$work/consumer" -j2
 "$work/consumer/engine_demo_static" "$model"
 readelf -d "$work/consumer/engine_demo" | grep -q 'liblayerpager.so.0' || { echo "not linked by soname"; exit 1; }
 
+echo "== the CUDA example's build (examples/cuda-stream): built where a CUDA toolkit is found, else said"
+cmake -S examples/cuda-stream -B "$work/cuda-stream" -DCMAKE_PREFIX_PATH="$work/prefix" | grep 'cuda-stream' || true
+cmake --build "$work/cuda-stream" -j2
+if [ -x "$work/cuda-stream/cuda-stream" ] && command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+  "$work/cuda-stream/cuda-stream" "$model" 0.5 2 auto
+fi
+
 echo "== C program with pkg-config"
 export PKG_CONFIG_PATH="$(dirname "$(ls -d "$work/prefix"/lib*/pkgconfig/layerpager.pc)")"
 pkg-config --modversion layerpager

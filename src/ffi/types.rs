@@ -30,6 +30,11 @@ pub const PAGER_IO_MMAP: u32 = 2;
 /// cache behind each read), so that no page cache presses the limit. With
 /// no budget, or one the file fits in, pread. `pager_describe` says which.
 pub const PAGER_IO_AUTO: u32 = 3;
+/// `prefetch_threads` value that chooses the readers from the machine at
+/// open: half the cores (1 to 8) where reads copy from the page cache (the
+/// copy, not the device, bounds them), 1 where they go to the device
+/// (O_DIRECT, pread dropping behind).
+pub const PAGER_READERS_AUTO: u32 = u32::MAX;
 /// `budget_bytes` value (and `pager_set_budget` argument) that derives the
 /// budget from the process's memory limit: the memory cgroup's limit (v2
 /// `memory.max`, v1 `memory.limit_in_bytes`) less what it already uses, or
@@ -70,7 +75,8 @@ pub struct pager_options_t {
     /// `PAGER_IO_AUTO` (default), `PAGER_IO_PREAD`, `PAGER_IO_DIRECT`, `PAGER_IO_MMAP`.
     pub io_mode: u32,
     /// Background reader threads that read ahead along the schedule and
-    /// serve `pager_prefetch`; 0 = no background reads. Default 1.
+    /// serve `pager_prefetch`; 0 = no background reads; `PAGER_READERS_AUTO`
+    /// = chosen from the machine at open. Default 1.
     pub prefetch_threads: u32,
     /// Alignment of every tensor's data pointer, a power of two; default 64.
     pub alignment: u32,

@@ -27,6 +27,8 @@ pub struct Pager {
     pub(super) inner: Arc<Inner>,
     prefetcher: Mutex<Option<Prefetcher>>,
     follower: Mutex<Option<MemoryFollower>>,
+    /// Background readers started at open.
+    readers: u32,
 }
 
 impl std::fmt::Debug for Pager {
@@ -95,6 +97,14 @@ impl Pager {
             let align = options.alignment.max(source.direct_alignment().unwrap_or(1));
             Arena::new(Arc::clone(a), align)
         });
+        let readers = match options.prefetch_threads {
+            super::options::READERS_AUTO if source.copies_from_page_cache() => {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+                (cores / 2).clamp(1, 8)
+            }
+            super::options::READERS_AUTO => 1,
+            n => n,
+        };
         let inner = Arc::new(Inner {
             slots: new_slots(&index)?,
             grow: Mutex::new(()),
@@ -124,7 +134,7 @@ impl Pager {
             ticket_salt: random_salt(),
             overflow_leases: Mutex::new(HashMap::new()),
             next_overflow: AtomicU64::new(0),
-            readers: (options.prefetch_threads > 0).then(|| Arc::new(prefetch::Shared::default())),
+            readers: (readers > 0).then(|| Arc::new(prefetch::Shared::default())),
         });
         let sizes: Vec<u64> = inner.index.tensors().iter().map(|t| t.size).collect();
         inner.policy.set_sizes(0, &sizes);
@@ -141,7 +151,7 @@ impl Pager {
             Some(shared) => Some(Prefetcher::start(
                 Arc::clone(&inner) as Arc<dyn prefetch::ReadAheadTarget>,
                 Arc::clone(shared),
-                options.prefetch_threads,
+                readers,
             )?),
             None => None,
         };
@@ -164,6 +174,7 @@ impl Pager {
             inner,
             prefetcher: Mutex::new(prefetcher),
             follower: Mutex::new(follower),
+            readers,
         })
     }
 
@@ -365,7 +376,7 @@ impl Pager {
     pub fn describe(&self) -> String {
         let budget = self.inner.budget.load(Ordering::Relaxed);
         format!(
-            "{}: {} tensors, io {}, budget {}{}, policy {}",
+            "{}: {} tensors, io {}, budget {}{}, {} reader{}, policy {}",
             self.inner.source.describe(),
             self.inner.slots.len(),
             self.inner.source.io_description(),
@@ -378,6 +389,8 @@ impl Pager {
             } else {
                 ""
             },
+            self.readers,
+            if self.readers == 1 { "" } else { "s" },
             self.inner.policy.describe()
         )
     }

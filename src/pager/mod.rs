@@ -46,7 +46,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 pub use acquisitions::{Acquisition, TicketedAcquisition};
 pub use facade::Pager;
 pub use follow::HEADROOM as FOLLOW_HEADROOM;
-pub use options::{BudgetListener, PagerOptions, Stats};
+pub use options::{BudgetListener, PagerOptions, Stats, READERS_AUTO};
 
 use budget::EvictState;
 use slot::{in_use_of, state_of, Slot, ABSENT, PINNED, RESIDENT};

@@ -243,6 +243,10 @@ impl ByteSource for FileSource {
         })
     }
 
+    fn copies_from_page_cache(&self) -> bool {
+        self.direct.is_none() && !self.drop_behind.load(Ordering::Relaxed)
+    }
+
     fn io_description(&self) -> String {
         if self.direct.is_some() {
             "O_DIRECT (no page cache)".to_owned()

@@ -67,6 +67,13 @@ pub trait ByteSource: Send + Sync {
     /// Says what the source is, for error messages ("file 'model.gguf'").
     fn describe(&self) -> String;
 
+    /// Whether reads copy from the page cache and stay there (plain pread of
+    /// a file that is not dropped behind): then copying, not the device,
+    /// bounds throughput, and more readers help.
+    fn copies_from_page_cache(&self) -> bool {
+        false
+    }
+
     /// How the source reads now, for logs: the io mode in effect and what
     /// it leaves in the page cache ("pread, page cache dropped behind each
     /// read"). Defaults to [`ByteSource::describe`].
