@@ -454,9 +454,7 @@ fn read_ahead_follows_the_schedule_within_the_budget() {
         }
     }
     let s = pager.stats();
-    // The window (one tensor here: a 32nd of what does not fit is less) is
-    // shared by both readers: one read ahead at a time, as with one reader.
-    assert!(s.prefetch_hits >= 15, "{s:?}");
+    assert!(s.prefetch_hits > 20, "{s:?}");
     assert!(s.peak_resident_bytes <= 20_000);
     // The window adds at most a share of what does not fit per pass.
     assert!(s.bytes_read <= 80_000 * 110 / 100, "{s:?}");

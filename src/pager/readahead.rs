@@ -21,18 +21,12 @@ impl Inner {
         }
     }
 
-    /// Bytes of tensors read (or being read) ahead and not used yet. A read
-    /// that has claimed its slot but not yet its charge counts at its size:
-    /// another reader deciding now must see it, or several readers fill the
-    /// same window each.
+    /// Bytes of tensors read (or being read) ahead and not used yet.
     pub(super) fn unused_prefetched_bytes(&self) -> u64 {
         self.slots
             .iter()
             .filter(|s| s.load_word() & PREFETCHED != 0)
-            .map(|s| match s.charge.load(Ordering::Relaxed) {
-                0 => s.info().size,
-                c => c,
-            })
+            .map(|s| s.charge.load(Ordering::Relaxed))
             .sum()
     }
 
