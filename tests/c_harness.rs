@@ -168,6 +168,13 @@ fn c_read_ahead_never_costs_a_demand() {
 }
 
 #[test]
+fn c_outside_moe_program_reaches_issue_13s_hit_ratios() {
+    let exe = build("moe_outside", &["moe_outside.c"], false);
+    let scratch = tempfile::tempdir().unwrap();
+    run(&exe, &[scratch.path().as_os_str()]);
+}
+
+#[test]
 fn c_calls_during_close_and_open_close_cycles() {
     for cpp in [false, true] {
         let exe = build("close_race", &["close_race.c"], cpp);
