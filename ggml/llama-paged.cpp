@@ -218,6 +218,11 @@ int main(int argc, char ** argv) {
                mib(budget), 100.0 * budget / model_bytes, mib(model_bytes), measured / wall, 1000 * cpu / measured,
                mib(after.bytes_read - before.bytes_read) / measured, mib(bound), mib(after.peak_resident_bytes),
                mib(peak_rss_bytes()));
+        // What the pager ended with: io mode, readers, the pass it learned.
+        char line[512];
+        if (pager_describe(layerpager_ggml_pager(pager), line, sizeof line, nullptr) == PAGER_OK) {
+            fprintf(stderr, "llama-paged: at the end: %s\n", line);
+        }
     } else {
         printf("llama-paged: no pager | %.2f tokens/s | %.1f CPU ms/token | peak RSS %.1f MiB\n", measured / wall,
                1000 * cpu / measured, mib(peak_rss_bytes()));
