@@ -23,7 +23,7 @@
 //!
 //! A lock may be taken while holding one above it in this list, never one
 //! below. The hit path takes no lock at all: one CAS on the slot's state
-//! word (see [`slot`]).
+//! word (see `slot.rs`).
 //!
 //! # Rules kept (and checked by [`Pager::check_invariants`])
 //! - resident bytes (loading, idle, pinned, in use) never pass the budget;

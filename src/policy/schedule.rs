@@ -9,6 +9,11 @@
 //! starts again; a learned cycle replaces a guessed one. While no schedule is
 //! known, [`FrequencyAdmission`] decides.
 //!
+//! Expert slices (MoE) stand at their merged parent's place; how they rank
+//! against each other and the dense tensors is the [`Ranking`] that the
+//! shadow caches of `duel.rs` find best on the stream so far, and a
+//! hinted expert is kept until its block has used it.
+//!
 //! The hit path reads the schedule through one atomic pointer; schedules are
 //! never freed before the policy, so a reader never sees freed memory. Each
 //! `set_schedule` (and each learned cycle) therefore keeps its table until the
