@@ -29,20 +29,20 @@ pub enum MemorySource {
 
 /// The memory this process may still take, and where the figure came from.
 pub fn available_memory() -> Result<(u64, MemorySource)> {
-    memory_left(false)
+    left_under(&locate(), false)
 }
 
 /// What the process may still allocate before its memory limit presses:
 /// the cgroup's limit less its working set (use less the inactive file
-/// pages the kernel drops first), or `MemAvailable`. What
-/// `follow_memory` watches.
+/// pages the kernel drops first), or `MemAvailable`.
 pub fn room() -> Result<(u64, MemorySource)> {
-    memory_left(true)
+    left_under(&locate(), true)
 }
 
-/// The cgroup's limit less its use (less its inactive file pages with
-/// `working_set`), or `MemAvailable`.
-fn memory_left(working_set: bool) -> Result<(u64, MemorySource)> {
+/// Where this process's memory limit would be: its memory cgroup (v2, or
+/// v1's memory controller), else the machine. Read once by a watcher that
+/// then calls [`left_under`] on every look.
+pub fn locate() -> MemorySource {
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     for line in own.lines() {
         let mut parts = line.splitn(3, ':');
@@ -52,36 +52,45 @@ fn memory_left(working_set: bool) -> Result<(u64, MemorySource)> {
         let rel = path.trim_start_matches('/');
         if controllers.is_empty() {
             let dir = Path::new("/sys/fs/cgroup").join(rel);
+            if dir.join("memory.max").exists() {
+                return MemorySource::CgroupV2(dir);
+            }
+        } else if controllers.split(',').any(|c| c == "memory") {
+            return MemorySource::CgroupV1(Path::new("/sys/fs/cgroup/memory").join(rel));
+        }
+    }
+    MemorySource::MemAvailable
+}
+
+/// What `source` says the process may still take: the cgroup's limit less
+/// its use (less its inactive file pages with `working_set`), or, where the
+/// cgroup sets no limit, `MemAvailable`; and where the figure came from.
+pub fn left_under(source: &MemorySource, working_set: bool) -> Result<(u64, MemorySource)> {
+    let inactive = |dir: &Path, field: &str| if working_set { stat_field(dir, field) } else { 0 };
+    match source {
+        MemorySource::CgroupV2(dir) => {
+            // "max" reads as no number: no limit here.
             if let (Some(max), Some(current)) = (
                 read_number(&dir.join("memory.max")),
                 read_number(&dir.join("memory.current")),
             ) {
-                let inactive = if working_set {
-                    stat_field(&dir, "inactive_file")
-                } else {
-                    0
-                };
-                let used = current.saturating_sub(inactive);
-                return Ok((max.saturating_sub(used), MemorySource::CgroupV2(dir)));
+                let used = current.saturating_sub(inactive(dir, "inactive_file"));
+                return Ok((max.saturating_sub(used), source.clone()));
             }
-        } else if controllers.split(',').any(|c| c == "memory") {
-            let dir = Path::new("/sys/fs/cgroup/memory").join(rel);
+        }
+        MemorySource::CgroupV1(dir) => {
             if let (Some(limit), Some(usage)) = (
                 read_number(&dir.join("memory.limit_in_bytes")),
                 read_number(&dir.join("memory.usage_in_bytes")),
             ) {
                 // v1 says "no limit" with a number near 2^63.
                 if limit < (1 << 62) {
-                    let inactive = if working_set {
-                        stat_field(&dir, "total_inactive_file")
-                    } else {
-                        0
-                    };
-                    let used = usage.saturating_sub(inactive);
-                    return Ok((limit.saturating_sub(used), MemorySource::CgroupV1(dir)));
+                    let used = usage.saturating_sub(inactive(dir, "total_inactive_file"));
+                    return Ok((limit.saturating_sub(used), source.clone()));
                 }
             }
         }
+        MemorySource::MemAvailable => {}
     }
     let meminfo =
         std::fs::read_to_string("/proc/meminfo").map_err(|e| Error::from_io("read of /proc/meminfo", &e))?;

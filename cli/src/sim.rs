@@ -64,7 +64,7 @@ pub fn simulate_from(
     policy.set_budget(budget);
     for (pos, &entry) in trace.iter().enumerate() {
         if entry & HINT != 0 {
-            policy.on_hint(entry & !HINT);
+            policy.on_hint(&[entry & !HINT]);
             continue;
         }
         let id = entry;

@@ -196,7 +196,7 @@ fn the_outside_program_meets_its_targets_through_a_real_pager() {
                 sim.belady * 100.0,
                 stats.peak_resident_bytes,
                 stats.budget_bytes,
-                pager.describe_policy()
+                pager.describe()
             );
             assert!(stats.peak_resident_bytes <= stats.budget_bytes);
             assert!(

@@ -332,9 +332,7 @@ impl Pager {
         for &id in ids {
             self.inner.info(id)?;
         }
-        for &id in ids {
-            self.inner.policy.on_hint(id);
-        }
+        self.inner.policy.on_hint(ids);
         for &id in ids {
             self.prefetch(id)?;
         }
@@ -393,13 +391,6 @@ impl Pager {
             if self.readers == 1 { "" } else { "s" },
             self.inner.policy.describe()
         )
-    }
-
-    /// The eviction policy and what it has learned, in words ("schedule-aware
-    /// (learned schedule of 80); experts ranked by reuse estimate, ..."),
-    /// for logs.
-    pub fn describe_policy(&self) -> String {
-        self.inner.policy.describe()
     }
 
     /// The pager's counters.

@@ -14,6 +14,7 @@ use std::time::Duration;
 use super::options::BudgetListener;
 use super::Inner;
 use crate::error::{Error, Result};
+use crate::memlimit::MemorySource;
 use crate::source;
 
 /// How often the limit is looked at: a hog that allocates 1 GB/s gets at
@@ -71,12 +72,14 @@ impl MemoryFollower {
         let thread = std::thread::Builder::new()
             .name("layerpager-follow".to_owned())
             .spawn(move || {
+                // Where the limit is, found once; each look reads only its counters.
+                let limit = crate::memlimit::locate();
                 let mut trend = Trend::default();
                 let mut stopped = s.stop.lock().unwrap_or_else(|e| e.into_inner());
                 while !*stopped {
                     drop(stopped);
                     let ceiling = s.ceiling.load(Ordering::Relaxed);
-                    follow_once(&inner, floor, ceiling, listener.as_ref(), &mut trend);
+                    follow_once(&inner, &limit, floor, ceiling, listener.as_ref(), &mut trend);
                     stopped = s.stop.lock().unwrap_or_else(|e| e.into_inner());
                     if *stopped {
                         break;
@@ -121,6 +124,7 @@ impl Drop for MemoryFollower {
 /// once when that is less, after [`GROW_AFTER`] looks that agree when more.
 fn follow_once(
     inner: &Inner,
+    limit: &MemorySource,
     floor: u64,
     ceiling: u64,
     listener: Option<&BudgetListener>,
@@ -129,7 +133,7 @@ fn follow_once(
     if inner.closed.load(Ordering::SeqCst) {
         return;
     }
-    let Ok((room, _)) = crate::memlimit::room() else {
+    let Ok((room, _)) = crate::memlimit::left_under(limit, true) else {
         return;
     };
     let held = inner.lock_evict().held();

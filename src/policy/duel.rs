@@ -90,14 +90,14 @@ impl Duel {
 
     /// Builds the shadows for tensors of `size`, `is_parent` marking the
     /// merged tensors that are never accessed themselves.
-    pub(super) fn configure(&mut self, size: &[u64], is_parent: &[bool], has_slices: bool) {
+    pub(super) fn configure(&mut self, size: &[u64], is_parent: &dyn Fn(usize) -> bool, has_slices: bool) {
         self.ready = true;
         self.capacity = 0;
         self.shadows.clear();
         if self.budget == 0 || !has_slices {
             return;
         }
-        let units = (0..size.len()).filter(|&i| !is_parent[i] && size[i] > 0);
+        let units = (0..size.len()).filter(|&i| !is_parent(i) && size[i] > 0);
         let count = units.clone().count() as u64;
         let total: u64 = units.clone().map(|i| size[i]).sum();
         self.threshold = if count <= SAMPLE_TARGET {

@@ -100,12 +100,8 @@ pub(super) struct Experts {
 pub(super) struct ExpertState {
     /// Tensor sizes in bytes, by id.
     pub(super) size: Vec<u64>,
-    /// Whether each id is a slice.
-    pub(super) is_slice: Vec<bool>,
-    /// Whether each id has slices (never accessed itself).
-    pub(super) is_parent: Vec<bool>,
     /// Every slice id.
-    slices: Vec<u32>,
+    pub(super) slices: Vec<u32>,
     /// Pass of the latest use + 1 (0: never used), and of the use before.
     pub(super) last: Vec<u64>,
     /// Cursor of the latest use + 1 (0: never used).
@@ -147,8 +143,6 @@ impl Experts {
             any: AtomicBool::new(false),
             state: Mutex::new(ExpertState {
                 size: Vec::new(),
-                is_slice: Vec::new(),
-                is_parent: Vec::new(),
                 slices: Vec::new(),
                 last: Vec::new(),
                 last_cursor: Vec::new(),
@@ -184,20 +178,19 @@ impl Experts {
 
     /// Slice `id` stands for one expert of `parent`.
     pub(super) fn set_parent(&self, id: u32, parent: u32) {
-        if let Some(p) = self.parent.get(id as usize) {
-            p.store(parent + 1, Ordering::Relaxed);
-        }
+        let new = self
+            .parent
+            .get(id as usize)
+            .is_some_and(|p| p.swap(parent + 1, Ordering::Relaxed) == 0);
         if let Some(h) = self.has_slices.get(parent as usize) {
             h.store(true, Ordering::Relaxed);
         }
         self.any.store(true, Ordering::Relaxed);
         let mut s = self.lock();
         s.grow(id.max(parent) as usize + 1);
-        if !s.is_slice[id as usize] {
-            s.is_slice[id as usize] = true;
+        if new {
             s.slices.push(id);
         }
-        s.is_parent[parent as usize] = true;
         s.duel.reset();
     }
 
@@ -231,8 +224,6 @@ impl ExpertState {
             return;
         }
         self.size.resize(n, 0);
-        self.is_slice.resize(n, false);
-        self.is_parent.resize(n, false);
         self.last.resize(n, 0);
         self.last_cursor.resize(n, 0);
         self.prev.resize(n, 0);

@@ -82,9 +82,9 @@ pub trait EvictionPolicy: Send + Sync {
     fn position(&self) -> u64 {
         0
     }
-    /// The router named `id` (an expert slice) for the block about to run:
-    /// it is needed within that block.
-    fn on_hint(&self, _id: u32) {}
+    /// The router named `ids` (expert slices) for the block about to run:
+    /// they are needed within that block.
+    fn on_hint(&self, _ids: &[u32]) {}
     /// Whether a queued prefetch of `id` is still worth reading: false for
     /// an expert the router hinted that has been used, or whose block has
     /// passed, since (a reader that lags would read it again for nothing).

@@ -196,8 +196,9 @@ impl ScheduleAware {
     /// access was an expert's.
     fn feed_shadows(&self, st: &mut ExpertState, s: &Schedule, (cur, new): (u64, u64), slice: Option<u32>) {
         if !st.duel.is_configured() {
-            let has_slices = st.is_slice.iter().any(|&b| b);
-            st.duel.configure(&st.size, &st.is_parent, has_slices);
+            let has_slices = !st.slices.is_empty();
+            let is_parent = |i: usize| self.experts.has_slices(i as u32);
+            st.duel.configure(&st.size, &is_parent, has_slices);
         }
         if !st.duel.running() {
             return;
@@ -209,10 +210,10 @@ impl ScheduleAware {
             let steps = new.saturating_sub(cur).min(len);
             for at in new + 1 - steps..=new {
                 let t = s.ids[(at % len) as usize];
-                if view.is_parent.get(t as usize).copied().unwrap_or(true) || !duel.samples(t) {
+                if self.experts.has_slices(t) || !duel.samples(t) {
                     continue;
                 }
-                let size = view.size[t as usize];
+                let size = view.size.get(t as usize).copied().unwrap_or(0);
                 let distance = |v, e| self.eviction_key(view, s, v, ((at + 1) % len, at), e);
                 duel.access(t, size, &distance);
             }
@@ -397,13 +398,16 @@ impl EvictionPolicy for ScheduleAware {
         Some(victim)
     }
 
-    fn on_hint(&self, id: u32) {
-        if self.experts.parent(id).is_none() {
+    fn on_hint(&self, ids: &[u32]) {
+        if !self.experts.any() {
             return;
         }
         let Some(s) = self.schedule() else { return };
         let until = self.cursor.load(Ordering::Relaxed) + s.len();
-        self.experts.lock().hint(id, until);
+        let mut st = self.experts.lock();
+        for &id in ids.iter().filter(|&&id| self.experts.parent(id).is_some()) {
+            st.hint(id, until);
+        }
     }
 
     fn still_wanted(&self, id: u32) -> bool {
@@ -615,7 +619,7 @@ mod tests {
         let p = moe_policy();
         p.on_access(0);
         p.on_access(1);
-        p.on_hint(5);
+        p.on_hint(&[5]);
         assert!(p.still_wanted(5));
         // Expert 5 is needed within this block: anything else goes first,
         // and a read-ahead of it may evict them.

@@ -11,6 +11,7 @@ use std::time::Instant;
 use layerpager::source::drop_page_cache;
 use layerpager::{Error, IoMode, PagerOptions};
 use layerpager_tools::cgroup::{file_refaults, storage_read_bytes, MemoryCgroup};
+use layerpager_tools::workload::{run_passes, PassConfig};
 
 use crate::format::{human, open_index, open_pager, parse_size};
 
@@ -37,13 +38,7 @@ pub(crate) fn limit_for(text: &str, budget: u64, model: u64) -> Result<u64, Erro
 pub(crate) fn child(model: &Path, name: &str, budget: u64, passes: u32) -> Result<(), Error> {
     let index = open_index(model)?;
     let order = index.forward_order();
-    let pass_line = |pass: u32, started: Instant, read_before: u64| {
-        println!(
-            "pass {pass} {:.6} {}",
-            started.elapsed().as_secs_f64(),
-            storage_read_bytes() - read_before
-        );
-    };
+    let pass_line = |pass: usize, secs: f64, read: u64| println!("pass {pass} {secs:.6} {read}");
     match name {
         "mmap" | "mmap-llama" => {
             let file = std::fs::File::open(model)
@@ -62,7 +57,7 @@ pub(crate) fn child(model: &Path, name: &str, budget: u64, passes: u32) -> Resul
             if llama {
                 let _ = map.advise(memmap2::Advice::WillNeed);
             }
-            for pass in 0..passes {
+            for pass in 0..passes as usize {
                 let (started, read) = (Instant::now(), storage_read_bytes());
                 let mut sum = 0u64;
                 for &id in &order {
@@ -71,7 +66,7 @@ pub(crate) fn child(model: &Path, name: &str, budget: u64, passes: u32) -> Resul
                     sum += bytes.iter().step_by(4096).map(|&b| b as u64).sum::<u64>();
                 }
                 std::hint::black_box(sum);
-                pass_line(pass, started, read);
+                pass_line(pass, started.elapsed().as_secs_f64(), storage_read_bytes() - read);
             }
         }
         "auto" | "pread" | "pager-mmap" => {
@@ -88,15 +83,22 @@ pub(crate) fn child(model: &Path, name: &str, budget: u64, passes: u32) -> Resul
                     ..Default::default()
                 },
             )?;
-            pager.set_schedule(&order)?;
             println!("pager: {}", pager.describe());
-            for pass in 0..passes {
-                let (started, read) = (Instant::now(), storage_read_bytes());
-                for &id in &order {
-                    let a = pager.acquire(id)?;
-                    std::hint::black_box(a.bytes().iter().step_by(4096).map(|&b| b as u64).sum::<u64>());
-                }
-                pass_line(pass, started, read);
+            // Storage bytes read before each pass, and after the last.
+            let mut reads = Vec::new();
+            let config = PassConfig {
+                passes,
+                compute_gbps: None,
+                declare_schedule: true,
+            };
+            let before_pass = || {
+                reads.push(storage_read_bytes());
+                Ok(())
+            };
+            let report = run_passes(&pager, &order, config, before_pass, || {})?;
+            reads.push(storage_read_bytes());
+            for (pass, t) in report.pass_times.iter().enumerate() {
+                pass_line(pass, t.as_secs_f64(), reads[pass + 1] - reads[pass]);
             }
         }
         other => {
@@ -111,6 +113,7 @@ pub(crate) fn child(model: &Path, name: &str, budget: u64, passes: u32) -> Resul
 
 /// What one contender did under the limit.
 struct Outcome {
+    name: &'static str,
     label: &'static str,
     /// Seconds and storage bytes of each pass the child finished.
     passes: Vec<(f64, u64)>,
@@ -166,6 +169,7 @@ pub(crate) fn run(model: &Path, budget: u64, limit: u64, passes: u32) -> Result<
             .collect();
         let stderr = String::from_utf8_lossy(&out.stderr);
         let outcome = Outcome {
+            name,
             label,
             passes: parsed,
             peak: cgroup.peak(),
@@ -255,7 +259,7 @@ fn print_table(outcomes: &[Outcome], model: u64, budget: u64, limit: u64, passes
             println!("    ended early ({} of {passes} passes): {f}", o.passes.len());
         }
     }
-    if let Some(auto) = outcomes.iter().find(|o| o.label == CONTENDERS[2].1) {
+    if let Some(auto) = outcomes.iter().find(|o| o.name == "auto") {
         if let Some(line) = &auto.described {
             let io = line
                 .split(", io ")
