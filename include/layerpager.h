@@ -295,6 +295,12 @@ typedef struct pager_stats_t {
  * against the budget and are freed when wholly unused and their bytes are
  * needed, or when the pager is freed. Both callbacks may be called from any
  * thread, concurrently, for as long as a pager opened with them lives.
+ * They are called with no lock of the pager held: they may take as long
+ * as they need (`cudaHostAlloc` takes about 0.5 ms per MiB) without
+ * stalling acquires, and may call the pager's read-only functions
+ * (`pager_get_stats`, `pager_tensor_info`, `pager_find`); they must not
+ * acquire, release, pin or evict through the pager that calls them, nor
+ * close it.
  */
 typedef struct pager_allocator_t {
   /**

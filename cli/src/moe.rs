@@ -6,7 +6,7 @@
 //! eviction policies on the resulting access trace, by simulation (see
 //! [`crate::sim`]).
 
-use crate::sim::{simulate_from, Belady, S3Fifo, HINT};
+use crate::sim::{simulate_slices, Belady, S3Fifo, SimResult, HINT};
 use layerpager::policy::{EvictionPolicy, FrequencyAdmission, Lru, Ranking, ScheduleAware};
 
 /// The shape of an MoE decoder, in bytes per tensor.
@@ -244,6 +244,25 @@ impl MoeLayout {
         policy
     }
 
+    /// Simulates `trace` through `policy` at `budget`, the experts offered
+    /// as slices (as a pager offers them), counting from `measure_from`.
+    pub fn simulate(
+        &self,
+        trace: &[u32],
+        budget: u64,
+        policy: &dyn EvictionPolicy,
+        measure_from: usize,
+    ) -> SimResult {
+        simulate_slices(
+            &self.sizes,
+            self.schedule.len() as u32,
+            trace,
+            budget,
+            policy,
+            measure_from,
+        )
+    }
+
     /// Bytes of the tensors a pass can touch (dense and every expert).
     pub fn model_bytes(&self) -> u64 {
         let dense: u64 = self
@@ -397,7 +416,7 @@ pub fn compare(
         .map(|&share| {
             let budget = (model as f64 * share) as u64;
             let ratio = |policy: &dyn EvictionPolicy| -> f64 {
-                simulate_from(&layout.sizes, &trace, budget, policy, warm).byte_hit_ratio()
+                layout.simulate(&trace, budget, policy, warm).byte_hit_ratio()
             };
             let ours = layout.default_policy();
             let entries = (budget / (model / n as u64).max(1)) as usize;
@@ -427,7 +446,7 @@ pub fn shadow_cost(shape: &MoeShape, routing: Routing, tokens: usize, budget_sha
             policy.fix_ranking(Some(Ranking::Reuse));
         }
         let start = std::time::Instant::now();
-        let r = simulate_from(&layout.sizes, &trace, budget, &policy, 0);
+        let r = layout.simulate(&trace, budget, &policy, 0);
         (start.elapsed().as_nanos() as f64, r.misses)
     };
     // The faster of two runs each: the machine is shared.

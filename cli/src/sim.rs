@@ -11,7 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
-use layerpager::policy::EvictionPolicy;
+use layerpager::policy::{every_evictable, Candidates, EveryResident, EvictionPolicy, ResidentSet};
 
 /// Marks a trace entry as a hint (the router named this expert for the
 /// block about to run), not an access.
@@ -57,7 +57,20 @@ pub fn simulate_from(
     policy: &dyn EvictionPolicy,
     measure_from: usize,
 ) -> SimResult {
-    let mut resident = vec![false; sizes.len()];
+    simulate_slices(sizes, u32::MAX, trace, budget, policy, measure_from)
+}
+
+/// [`simulate_from`] for a model whose ids from `first_slice` on are
+/// slices (experts), offered to the policy as a pager offers them.
+pub fn simulate_slices(
+    sizes: &[u64],
+    first_slice: u32,
+    trace: &[u32],
+    budget: u64,
+    policy: &dyn EvictionPolicy,
+    measure_from: usize,
+) -> SimResult {
+    let mut resident = ResidentSet::new(first_slice);
     let mut held = 0u64;
     let mut r = SimResult::default();
     policy.set_sizes(0, sizes);
@@ -73,7 +86,7 @@ pub fn simulate_from(
         if counted {
             r.bytes_accessed += size;
         }
-        if resident[id as usize] {
+        if resident.contains(id) {
             if counted {
                 r.hits += 1;
             }
@@ -89,19 +102,14 @@ pub fn simulate_from(
             continue;
         }
         while budget != 0 && held + size > budget {
-            let mut candidates = resident
-                .iter()
-                .enumerate()
-                .filter(|(_, &r)| r)
-                .map(|(i, _)| i as u32);
-            let Some(victim) = policy.choose_victim(&mut candidates, None) else {
+            let Some(victim) = policy.choose_victim(&EveryResident(&resident), None) else {
                 break;
             };
-            resident[victim as usize] = false;
+            resident.remove(victim);
             held -= sizes[victim as usize];
         }
         if budget == 0 || held + size <= budget {
-            resident[id as usize] = true;
+            resident.insert(id);
             held += size;
         }
     }
@@ -150,13 +158,9 @@ impl EvictionPolicy for Belady {
         self.advance(id);
     }
 
-    fn choose_victim(
-        &self,
-        candidates: &mut dyn Iterator<Item = u32>,
-        _incoming: Option<u32>,
-    ) -> Option<u32> {
+    fn choose_victim(&self, candidates: &dyn Candidates, _incoming: Option<u32>) -> Option<u32> {
         let g = self.upcoming.lock().unwrap_or_else(|e| e.into_inner());
-        candidates.max_by_key(|id| g.1.get(id).copied().unwrap_or(usize::MAX))
+        every_evictable(candidates).max_by_key(|id| g.1.get(id).copied().unwrap_or(usize::MAX))
     }
 
     fn grow(&self, _n: usize) {}
@@ -223,11 +227,11 @@ impl EvictionPolicy for S3Fifo {
         self.on_access(id);
     }
 
-    fn choose_victim(&self, candidates: &mut dyn Iterator<Item = u32>, incoming: Option<u32>) -> Option<u32> {
+    fn choose_victim(&self, candidates: &dyn Candidates, incoming: Option<u32>) -> Option<u32> {
         if incoming.is_some() {
             return None;
         }
-        let allowed: std::collections::HashSet<u32> = candidates.collect();
+        let allowed: std::collections::HashSet<u32> = every_evictable(candidates).collect();
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         for _ in 0..4 * (s.small.len() + s.main.len() + 1) {
             let from_small = s.small.len() > s.small_target || s.main.is_empty();

@@ -8,7 +8,7 @@
 //! Mixtral-shaped GGUF, with and without a background reader.
 
 use layerpager::{Pager, PagerOptions};
-use layerpager_tools::moe::{compare, zoo, MoeComparison, MoeLayout, MoeShape, ZooStream};
+use layerpager_tools::moe::{compare, zoo, MoeComparison, MoeLayout, MoeShape, Routing, ZooStream};
 use layerpager_tools::sim::HINT;
 use layerpager_tools::synth::{write_gguf, SynthTensor};
 
@@ -205,4 +205,40 @@ fn the_outside_program_meets_its_targets_through_a_real_pager() {
             );
         }
     }
+}
+
+/// The policy's work per miss (eviction keys computed by the real cache's
+/// choices and by the shadow caches') does not grow with the number of
+/// expert slices: 48 layers of 8 experts (1,152 slices), of 128 (18,432, as
+/// Qwen3-30B-A3B) and 58 layers of 256 (44,544, as DeepSeek-V3), on the
+/// same routing at a quarter of the model. A count, not a time.
+#[test]
+fn the_work_per_miss_does_not_grow_with_the_slice_count() {
+    let per_miss = |layers: u32, experts: u32| {
+        let shape = MoeShape {
+            layers,
+            experts,
+            top_k: 8.min(experts),
+            dense: vec![4 << 10, 32 << 10, 8 << 10, 8 << 10, 32 << 10, 4 << 10, 16 << 10],
+            expert_parts: [8 << 10; 3],
+        };
+        let layout = MoeLayout::new(&shape);
+        let trace = layout.trace(&shape, Routing::default(), 24);
+        let policy = layout.default_policy();
+        let r = layout.simulate(&trace, layout.model_bytes() / 4, &policy, 0);
+        let keys = policy.candidates_examined() as f64 / r.misses as f64;
+        eprintln!("{layers} layers x {experts} experts: {keys:.1} keys per miss");
+        keys
+    };
+    let mixtral = per_miss(48, 8);
+    let qwen = per_miss(48, 128);
+    let deepseek = per_miss(58, 256);
+    assert!(
+        qwen <= 1.5 * mixtral,
+        "{qwen:.1} keys per miss against {mixtral:.1}"
+    );
+    assert!(
+        deepseek <= 1.5 * qwen,
+        "{deepseek:.1} keys per miss against {qwen:.1}"
+    );
 }

@@ -48,6 +48,12 @@ pub const PAGER_BUDGET_AUTO: u64 = u64::MAX;
 /// against the budget and are freed when wholly unused and their bytes are
 /// needed, or when the pager is freed. Both callbacks may be called from any
 /// thread, concurrently, for as long as a pager opened with them lives.
+/// They are called with no lock of the pager held: they may take as long
+/// as they need (`cudaHostAlloc` takes about 0.5 ms per MiB) without
+/// stalling acquires, and may call the pager's read-only functions
+/// (`pager_get_stats`, `pager_tensor_info`, `pager_find`); they must not
+/// acquire, release, pin or evict through the pager that calls them, nor
+/// close it.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct pager_allocator_t {

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use super::facade::Pager;
 use super::loads::Intent;
-use super::slot::{in_use_of, PINNED, PREFETCHED};
+use super::slot::{in_use_of, Slot, PINNED, PREFETCHED};
 use super::Inner;
 use crate::error::{Error, Result};
 
@@ -102,7 +102,7 @@ impl Inner {
     pub(super) fn acquire(&self, id: u32) -> Result<(*const u8, u64)> {
         self.check_open()?;
         let slot = self.slot(id)?;
-        if let Some(prev) = slot.try_acquire_resident(true) {
+        if let Some(prev) = self.take_resident(slot, true) {
             if prev & PREFETCHED == 0 {
                 self.policy.on_hit(id);
             } else {
@@ -112,7 +112,7 @@ impl Inner {
                 self.start_pass();
                 self.poke_readers();
             }
-            return Ok((slot.data.load(Ordering::Acquire), slot.info().size));
+            return Ok((slot.data.load(Ordering::Acquire), slot.size()));
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         self.policy.on_access(id);
@@ -121,7 +121,19 @@ impl Inner {
         // budget (or waits for the very read it needs): woken earlier, they
         // would charge the next tensor before this one.
         self.load(id, Intent::Acquire)?;
-        Ok((slot.data.load(Ordering::Acquire), slot.info().size))
+        Ok((slot.data.load(Ordering::Acquire), slot.size()))
+    }
+
+    /// The hit path's compare-and-swap ([`Slot::try_acquire_resident`]); a
+    /// tensor read ahead and used now leaves the read-ahead's count.
+    #[inline]
+    pub(super) fn take_resident(&self, slot: &Slot, count_hit: bool) -> Option<u64> {
+        let prev = slot.try_acquire_resident(count_hit)?;
+        if prev & PREFETCHED != 0 {
+            self.prefetched_bytes
+                .fetch_sub(slot.charge.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        Some(prev)
     }
 
     pub(super) fn release_slot(&self, id: u32) {

@@ -5,7 +5,7 @@
 //! no room.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::loads::Intent;
@@ -14,7 +14,8 @@ use super::slot::{
 };
 use super::Inner;
 use crate::error::{Error, Result};
-use crate::source::{Arena, TensorBuffer};
+use crate::policy::{Candidates, ResidentSet};
+use crate::source::{Arena, FreshChunk, TensorBuffer};
 
 /// Chunks an arena takes from the engine's allocator when there is no budget.
 const UNLIMITED_ARENA_CHUNK: u64 = 256 << 20;
@@ -40,32 +41,72 @@ pub(super) struct EvictState {
     /// The largest tensor of the file: the smallest arena chunk, and at
     /// least half the read-ahead window without a budget.
     pub(super) largest_tensor: u64,
+    /// The tensors charged to the budget (loading or resident): the
+    /// eviction candidates, so that no choice walks every slot.
+    pub(super) charged: ResidentSet,
+    /// Bytes of arena chunks being allocated with this mutex released.
+    pub(super) growing: u64,
+    /// Calls out of the pager that evictions made necessary, done once the
+    /// mutex is released ([`Inner::unlock`]).
+    pub(super) deferred: Vec<Deferred>,
+}
+
+/// Work that calls out of the pager (the engine's allocator, `munmap`,
+/// `madvise`), done after the eviction mutex is released so that no miss,
+/// waiter or `stats()` stalls behind it, and an allocator that calls back
+/// into the pager cannot deadlock.
+#[derive(Debug)]
+pub(super) enum Deferred {
+    /// A pooled buffer freed (dropping it unmaps or frees it).
+    Free(#[allow(dead_code)] TensorBuffer),
+    /// A wholly free arena chunk going back to the engine's allocator.
+    Chunk(#[allow(dead_code)] FreshChunk),
+    /// A mapped tensor evicted: its pages may go.
+    DontNeed { offset: u64, size: u64 },
+}
+
+/// What [`EvictState::take_buffer`] found.
+pub(super) enum Taken {
+    /// A buffer to read into and the bytes to charge for it (it may need a
+    /// resize to that size, done by the loader with no lock held).
+    Buffer(TensorBuffer, u64),
+    /// Nothing fits now.
+    Nothing,
+    /// The arena needs a chunk of this size from the allocator first.
+    Grow(u64),
 }
 
 impl EvictState {
     pub(super) fn held(&self) -> u64 {
-        self.resident_bytes + self.pooled_bytes + self.arena.as_ref().map_or(0, |a| a.free_bytes())
+        self.resident_bytes
+            + self.pooled_bytes
+            + self.growing
+            + self.arena.as_ref().map_or(0, |a| a.free_bytes())
     }
 
     /// Takes a pooled buffer for a tensor of `len` bytes and returns it with
-    /// its new size, if the held bytes stay within `budget` (0: unlimited).
-    /// A buffer of the same size (within a quarter) is taken as it is;
-    /// otherwise a mapped buffer is shrunk or grown to `len`, which keeps
-    /// its faulted-in pages: the smallest one that is large enough, else the
-    /// largest.
-    pub(super) fn take_buffer(&mut self, len: u64, budget: u64) -> Result<Option<TensorBuffer>> {
+    /// the bytes to charge, if the held bytes stay within `budget` (0:
+    /// unlimited). A buffer of the same size (within a quarter) is taken as
+    /// it is; otherwise a mapped buffer, to be shrunk or grown to `len` (it
+    /// keeps its faulted-in pages): the smallest one that is large enough,
+    /// else the largest.
+    pub(super) fn take_buffer(&mut self, len: u64, budget: u64) -> Taken {
         if let Some(arena) = self.arena.clone() {
             return self.carve(&arena, len, budget);
         }
-        Ok(self.take_pooled(len, budget))
+        match self.take_pooled(len, budget) {
+            Some((b, charge)) => Taken::Buffer(b, charge),
+            None => Taken::Nothing,
+        }
     }
 
     /// A buffer from the arena: the best-fitting free range, else a new
     /// chunk if the budget has room for it (a quarter of the budget, so that
     /// a whole sweep calls the allocator a few times; at least the tensor).
-    fn carve(&mut self, arena: &Arc<Arena>, len: u64, budget: u64) -> Result<Option<TensorBuffer>> {
+    fn carve(&mut self, arena: &Arc<Arena>, len: u64, budget: u64) -> Taken {
         if let Some(b) = arena.carve(len as usize) {
-            return Ok(Some(b));
+            let charge = b.len() as u64;
+            return Taken::Buffer(b, charge);
         }
         let need = arena.footprint(len as usize) as u64;
         let room = if budget == 0 {
@@ -74,7 +115,7 @@ impl EvictState {
             budget.saturating_sub(self.held())
         };
         if room < need {
-            return Ok(None);
+            return Taken::Nothing;
         }
         // Every chunk can hold the largest tensor, so that any chunk freed
         // by evictions serves any load.
@@ -88,16 +129,16 @@ impl EvictState {
         // a wholly free chunk is never the wrong size to keep.
         let unit = self.largest_tensor.max(need);
         let chunk = (target.div_ceil(unit) * unit).min(room / need * need);
-        arena.grow(chunk as usize)?;
-        Ok(arena.carve(len as usize))
+        Taken::Grow(arena.footprint(chunk as usize) as u64)
     }
 
-    fn take_pooled(&mut self, len: u64, budget: u64) -> Option<TensorBuffer> {
+    fn take_pooled(&mut self, len: u64, budget: u64) -> Option<(TensorBuffer, u64)> {
         let fits = |b: &TensorBuffer| (b.len() as u64) >= len && (b.len() as u64) <= len + len / 4;
         if let Some(i) = self.pool.iter().position(fits) {
             let b = self.pool.swap_remove(i);
             self.pooled_bytes -= b.len() as u64;
-            return Some(b);
+            let charge = b.len() as u64;
+            return Some((b, charge));
         }
         let resizable = || self.pool.iter().enumerate().filter(|(_, b)| b.is_resizable());
         let i = resizable()
@@ -109,38 +150,94 @@ impl EvictState {
         if budget != 0 && self.held() + growth > budget {
             return None;
         }
-        let mut b = self.pool.swap_remove(i);
+        let b = self.pool.swap_remove(i);
         self.pooled_bytes -= b.len() as u64;
-        if !b.resize(len as usize) {
-            // The OS refused: the buffer goes back, the caller allocates.
-            self.pooled_bytes += b.len() as u64;
-            self.pool.push(b);
-            return None;
-        }
-        Some(b)
+        Some((b, len))
     }
 
-    /// Frees the oldest pooled buffer (with an arena, a wholly free chunk);
-    /// false if there is none.
+    /// Frees the oldest pooled buffer (with an arena, a wholly free chunk),
+    /// once the mutex is released; false if there is none.
     pub(super) fn free_one(&mut self) -> bool {
         if let Some(arena) = &self.arena {
-            return arena.release_free_chunk().is_some();
+            return match arena.detach_free_chunk() {
+                Some(chunk) => {
+                    self.deferred.push(Deferred::Chunk(chunk));
+                    true
+                }
+                None => false,
+            };
         }
         if self.pool.is_empty() {
             return false;
         }
         let b = self.pool.remove(0);
         self.pooled_bytes -= b.len() as u64;
+        self.deferred.push(Deferred::Free(b));
         true
     }
 }
 
+/// A read-ahead turned down (no room, the window full, a demand waiting):
+/// no verdict on the tensor, never shown to anyone, so no message is built.
+fn declined() -> Error {
+    Error::Budget(String::new())
+}
+
+/// The charged tensors as eviction candidates: resident, idle (or, for a
+/// read-ahead, in use: once released it may be the better victim), not
+/// pinned, nobody waiting for it, not `exclude`; spared while
+/// `spare_read_ahead` if read ahead and not used yet.
+struct Evictable<'a> {
+    inner: &'a Inner,
+    charged: &'a ResidentSet,
+    exclude: u32,
+    spare_read_ahead: bool,
+    read_ahead: bool,
+}
+
+impl Candidates for Evictable<'_> {
+    fn resident(&self) -> &ResidentSet {
+        self.charged
+    }
+
+    fn is_evictable(&self, id: u32) -> bool {
+        let s = self.inner.slot_unchecked(id);
+        let w = s.load_word();
+        id != self.exclude
+            && state_of(w) == RESIDENT
+            && w & PINNED == 0
+            && s.waiters.load(Ordering::SeqCst) == 0
+            && !(self.spare_read_ahead && w & PREFETCHED != 0)
+            && (in_use_of(w) == 0 || self.read_ahead)
+    }
+}
+
 impl Inner {
+    /// Releases the eviction mutex, then does the calls out of the pager
+    /// that were deferred while it was held.
+    pub(super) fn unlock(&self, mut g: MutexGuard<'_, EvictState>) {
+        let work = std::mem::take(&mut g.deferred);
+        drop(g);
+        for w in work {
+            if let Deferred::DontNeed { offset, size } = w {
+                self.source.advise_dontneed(offset, size);
+            }
+        }
+    }
+
     /// Gives back the charge of a load that failed, and wakes whoever waits
     /// for room.
     pub(super) fn uncharge(&self, id: u32) {
         let mut g = self.lock_evict();
-        g.resident_bytes -= self.slot_unchecked(id).charge.swap(0, Ordering::Relaxed);
+        let slot = self.slot_unchecked(id);
+        let charge = slot.charge.swap(0, Ordering::Relaxed);
+        g.resident_bytes -= charge;
+        g.charged.remove(id);
+        if slot.load_word() & PREFETCHED != 0 {
+            // A read-ahead that failed: still LOADING, its flag set.
+            self.prefetched_bytes.fetch_sub(charge, Ordering::Relaxed);
+            self.readahead_in_flight.fetch_sub(charge, Ordering::Relaxed);
+        }
         drop(g);
         self.wake_budget_waiters();
     }
@@ -191,29 +288,40 @@ impl Inner {
                 )));
             }
             if readahead && self.demands_waiting.load(Ordering::SeqCst) > 0 {
-                break Err(Error::Budget(format!(
-                    "read-ahead of {} yields to a waiting acquire",
-                    self.label(id)
-                )));
+                // Yields to a waiting acquire.
+                break Err(declined());
             }
             if intent == Intent::ReadAhead {
                 // The window checked where charges change, so that several
                 // readers together stay inside it.
                 let ahead = self.unused_prefetched_bytes();
                 if ahead > 0 && ahead + charge > self.read_ahead_window(&g) {
-                    break Err(Error::Budget(format!(
-                        "read-ahead of {}: the read-ahead window is full",
-                        self.label(id)
-                    )));
+                    break Err(declined());
                 }
             }
             if wants_buffer {
                 match g.take_buffer(charge, budget) {
                     // Moves from the pool or arena to the tensor: the total
-                    // is unchanged (or grew by a chunk that fits the budget).
-                    Ok(Some(buffer)) => break Ok((buffer.len() as u64, Some(buffer))),
-                    Ok(None) => {}
-                    Err(e) => break Err(e),
+                    // is unchanged (or grew by a resize that fits the budget).
+                    Taken::Buffer(buffer, charged) => break Ok((charged, Some(buffer))),
+                    Taken::Nothing => {}
+                    Taken::Grow(chunk) => {
+                        // The engine's allocator is called with the mutex
+                        // released; the chunk's bytes count meanwhile.
+                        let arena = Arc::clone(g.arena.as_ref().expect("only an arena grows"));
+                        g.growing += chunk;
+                        self.unlock(g);
+                        let fresh = arena.allocate_chunk(chunk as usize);
+                        g = self.lock_evict();
+                        g.growing -= chunk;
+                        match fresh {
+                            Ok(c) => {
+                                arena.add_chunk(c);
+                                continue;
+                            }
+                            Err(e) => break Err(e),
+                        }
+                    }
                 }
             }
             let arena_buffers = wants_buffer && g.arena.is_some();
@@ -242,7 +350,7 @@ impl Inner {
                 continue;
             }
             if readahead {
-                break Err(Error::Budget(self.budget_report(&g, id, charge, budget)));
+                break Err(declined());
             }
             // A read-ahead in flight is a guess holding a demand's room: wait
             // for it to end, bounded by its read, not by wait_ms.
@@ -266,6 +374,12 @@ impl Inner {
                 // ended just before did not see us waiting.
                 continue;
             }
+            if !g.deferred.is_empty() {
+                // Free what evictions let go before sleeping, then look again.
+                self.unlock(g);
+                g = self.lock_evict();
+                continue;
+            }
             waited.get_or_insert(now);
             // Wake-ups are the normal way out; the poll interval is a safety net.
             let mut limit = BUDGET_WAIT_POLL;
@@ -286,24 +400,31 @@ impl Inner {
             self.wait_ns
                 .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
         }
-        let (charged, buffer) = result?;
+        let (charged, buffer) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.unlock(g);
+                return Err(e);
+            }
+        };
         g.resident_bytes += charged;
         g.peak_resident_bytes = g.peak_resident_bytes.max(g.held());
+        if charged > 0 {
+            g.charged.insert(id);
+        }
+        if readahead {
+            self.prefetched_bytes.fetch_add(charged, Ordering::Relaxed);
+            self.readahead_in_flight.fetch_add(charged, Ordering::Relaxed);
+        }
         self.slot_unchecked(id).charge.store(charged, Ordering::Relaxed);
+        self.unlock(g);
         Ok(buffer)
     }
 
-    /// Bytes charged to read-aheads still being read. Called under the
-    /// eviction mutex (charges change only there).
+    /// Bytes charged to read-aheads still being read (kept where charges
+    /// change, not counted by a scan).
     pub(super) fn readahead_bytes_in_flight(&self) -> u64 {
-        self.slots
-            .iter()
-            .filter(|s| {
-                let w = s.load_word();
-                state_of(w) == LOADING && w & PREFETCHED != 0
-            })
-            .map(|s| s.charge.load(Ordering::Relaxed))
-            .sum()
+        self.readahead_in_flight.load(Ordering::SeqCst)
     }
 
     pub(super) fn budget_report(&self, g: &EvictState, id: u32, charge: u64, budget: u64) -> String {
@@ -335,20 +456,14 @@ impl Inner {
         // takes it back only when nothing else can go.
         let mut spare_read_ahead = incoming.is_none();
         loop {
-            let mut candidates = self.slots.iter().enumerate().filter_map(|(i, s)| {
-                let w = s.load_word();
-                let evictable = state_of(w) == RESIDENT
-                    && w & PINNED == 0
-                    && s.waiters.load(Ordering::SeqCst) == 0
-                    && !(spare_read_ahead && w & PREFETCHED != 0);
-                // A read-ahead also weighs the tensors in use: once released,
-                // one of them may be the better victim (on a cycle, the one
-                // just used is needed last), and evicting another now would
-                // cost a read the demand path would not make.
-                let candidate = evictable && (in_use_of(w) == 0 || incoming.is_some());
-                (candidate && i as u32 != exclude).then_some(i as u32)
-            });
-            let Some(victim) = self.policy.choose_victim(&mut candidates, incoming) else {
+            let candidates = Evictable {
+                inner: self,
+                charged: &g.charged,
+                exclude,
+                spare_read_ahead,
+                read_ahead: incoming.is_some(),
+            };
+            let Some(victim) = self.policy.choose_victim(&candidates, incoming) else {
                 if spare_read_ahead {
                     spare_read_ahead = false;
                     continue;
@@ -360,7 +475,7 @@ impl Inner {
                 self.readahead_waits_for_release.store(true, Ordering::Relaxed);
                 return false;
             }
-            // A victim acquired since the scan is skipped; choose again.
+            // A victim acquired since the choice is skipped; choose again.
             if self.evict_one(g, victim) {
                 return true;
             }
@@ -401,7 +516,12 @@ impl Inner {
         slot.data.store(std::ptr::null_mut(), Ordering::Release);
         let charge = slot.charge.swap(0, Ordering::Relaxed);
         g.resident_bytes -= charge;
+        g.charged.remove(id);
         g.evictions += 1;
+        if w & PREFETCHED != 0 {
+            // Read ahead and never used.
+            self.prefetched_bytes.fetch_sub(charge, Ordering::Relaxed);
+        }
         let w = slot.load_word();
         slot.word
             .store((w & !slot::STATE_MASK) | ABSENT, Ordering::Release);
@@ -409,8 +529,11 @@ impl Inner {
         slot.changed.notify_all();
         match residence {
             Some(Residence::Mapped) => {
-                let info = slot.info();
-                self.source.advise_dontneed(info.offset, info.size);
+                let info = self.info_unchecked(id);
+                g.deferred.push(Deferred::DontNeed {
+                    offset: info.offset,
+                    size: info.size,
+                });
             }
             // An arena's range goes back to the arena (dropped here); another
             // buffer is kept for the next load of its size. Either way it
@@ -436,9 +559,10 @@ impl Inner {
         if budget != 0 && g.held() > budget {
             self.evict_down(&mut g, budget);
             if g.held() > budget {
+                let held = g.resident_bytes;
+                self.unlock(g);
                 return Err(Error::Budget(format!(
-                    "cannot shrink the budget to {budget} bytes: {} bytes are pinned, in use or being read",
-                    g.resident_bytes
+                    "cannot shrink the budget to {budget} bytes: {held} bytes are pinned, in use or being read"
                 )));
             }
         }
@@ -446,6 +570,7 @@ impl Inner {
         self.policy.set_budget(budget);
         self.source.set_drop_behind(budget != 0);
         self.budget_freed.notify_all();
+        self.unlock(g);
         Ok(())
     }
 }

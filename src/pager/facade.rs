@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 use super::acquisitions::{random_salt, Acquisition, TicketedAcquisition};
 use super::budget::EvictState;
@@ -107,15 +107,17 @@ impl Pager {
         };
         let inner = Arc::new(Inner {
             slots: new_slots(&index)?,
+            slice_infos: SegVec::new(OnceLock::new),
+            slice_names: Mutex::new(HashMap::new()),
             grow: Mutex::new(()),
             policy: policy::build(options.policy, n),
             index,
             source,
             alignment: options.alignment,
             wait_ms: options.wait_ms,
-            allocator: options.allocator.clone(),
             budget: AtomicU64::new(options.budget_bytes),
             evict: Mutex::new(EvictState {
+                charged: crate::policy::ResidentSet::new(n as u32),
                 arena: arena.clone(),
                 largest_tensor,
                 ..EvictState::default()
@@ -128,6 +130,8 @@ impl Pager {
             closed: AtomicBool::new(false),
             misses: AtomicU64::new(0),
             prefetch_hits: AtomicU64::new(0),
+            prefetched_bytes: AtomicU64::new(0),
+            readahead_in_flight: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
             read_ns: AtomicU64::new(0),
             wait_ns: AtomicU64::new(0),
@@ -183,15 +187,18 @@ impl Pager {
         &self.inner.index
     }
 
-    /// Number of tensors.
+    /// Number of tensors: the file's, then the slices made since (ids
+    /// `0..tensor_count()`; [`Pager::index`] holds the file's alone).
     pub fn tensor_count(&self) -> usize {
         self.inner.slots.len()
     }
 
-    /// The id of the tensor named `name`.
+    /// The id of the tensor or slice named `name` (a slice is named after
+    /// its parent: `blk.0.ffn_up_exps.weight#3` for an expert,
+    /// `name[start..end]` for [`Pager::add_slice`]).
     pub fn find(&self, name: &str) -> Result<u32> {
         self.inner.check_open()?;
-        self.inner.index.find(name).ok_or_else(|| Error::NotFound {
+        self.inner.find(name).ok_or_else(|| Error::NotFound {
             name: name.to_owned(),
         })
     }
@@ -448,7 +455,7 @@ impl Drop for Pager {
 fn new_slots(index: &TensorIndex) -> Result<SegVec<Slot>> {
     let slots = SegVec::new(Slot::new);
     slots
-        .grow_to(index.len(), |i, slot| slot.set_info(index.tensors()[i].clone()))
+        .grow_to(index.len(), |i, slot| slot.set_size(index.tensors()[i].size))
         .ok_or_else(|| {
             Error::InvalidArgument(format!("{} tensors is more than a pager holds", index.len()))
         })?;

@@ -50,7 +50,7 @@ impl Inner {
                     let done = match intent {
                         // A miss that waited for a read (its own or a
                         // read-ahead's): not a hit of either kind.
-                        Intent::Acquire => slot.try_acquire_resident(false).is_some(),
+                        Intent::Acquire => self.take_resident(slot, false).is_some(),
                         Intent::Pin => slot
                             .word
                             .compare_exchange(w, w | PINNED, Ordering::AcqRel, Ordering::Acquire)
@@ -151,7 +151,7 @@ impl Inner {
     pub(super) fn read_range(&self, id: u32, offset: u64, dst: &mut [u8]) -> Result<()> {
         self.check_open()?;
         let slot = self.slot(id)?;
-        let info = slot.info();
+        let info = self.info_unchecked(id);
         source::check_range(
             &|| format!("read of {}", self.label(id)),
             offset,
@@ -161,7 +161,7 @@ impl Inner {
         if dst.is_empty() {
             return Ok(());
         }
-        if slot.try_acquire_resident(false).is_some() {
+        if self.take_resident(slot, false).is_some() {
             let data = slot.data.load(Ordering::Acquire);
             // SAFETY: the in-use reference taken above keeps the slot
             // resident and its data valid for `info.size` bytes, and
@@ -185,7 +185,7 @@ impl Inner {
     /// Owner of a LOADING slot: reserve budget, read, publish.
     pub(super) fn read_into_slot(&self, id: u32, intent: Intent) -> Result<()> {
         let slot = self.slot_unchecked(id);
-        let info = slot.info();
+        let info = self.info_unchecked(id);
         let outcome = self.reserve_and_read(id, info, intent);
         let mut sync = slot.lock();
         sync.load_generation += 1;
@@ -199,7 +199,10 @@ impl Inner {
                 match intent {
                     Intent::Acquire => word += IN_USE_ONE,
                     Intent::Pin => word |= PINNED,
-                    Intent::Prefetch | Intent::ReadAhead => word |= PREFETCHED,
+                    Intent::Prefetch | Intent::ReadAhead => {
+                        word |= PREFETCHED;
+                        self.readahead_in_flight.fetch_sub(charge, Ordering::SeqCst);
+                    }
                 }
                 // Keep the hit counter bits of the word.
                 let hits = slot.load_word() & slot::HITS_MASK;
@@ -262,8 +265,18 @@ impl Inner {
             } else {
                 let align = self.alignment.max(self.source.direct_alignment().unwrap_or(1));
                 let mut buffer = match reused {
+                    // A pooled mapping of another size: resized here, with
+                    // no lock held; where the OS refuses, a new one.
+                    Some(mut b) if b.len() as u64 != charge => {
+                        if b.resize(charge as usize) {
+                            b
+                        } else {
+                            drop(b);
+                            TensorBuffer::allocate(charge as usize, align)?
+                        }
+                    }
                     Some(b) => b,
-                    None => TensorBuffer::allocate(charge as usize, align, self.allocator.as_ref())?,
+                    None => TensorBuffer::allocate(charge as usize, align)?,
                 };
                 let data_offset = source::read_tensor(
                     self.source.as_ref(),

@@ -14,21 +14,32 @@
 //! # Lock order
 //! 1. `Inner::evict` (the eviction mutex: budget counter, victim choice)
 //! 2. a slot's `sync` lock (load / evict transitions of that slot)
-//! 3. `Inner::overflow_leases`; an engine allocator's arena lock (taken
-//!    inside the eviction mutex, and on its own when a buffer is dropped)
-//! 4. the policy's own locks (the learner, the MoE experts' state and
-//!    shadow caches): leaves, taken inside the eviction mutex by
-//!    `choose_victim` and on their own on a miss or an expert's acquire;
-//!    the policy never calls back into the pager
+//! 3. `Inner::overflow_leases`; an arena's own lock (carving and giving
+//!    back ranges, taken inside the eviction mutex, and on its own when a
+//!    buffer is dropped)
+//! 4. the policy's own locks (the MoE experts' state and shadow caches,
+//!    then the learner, then the kept schedules): leaves, taken inside the
+//!    eviction mutex by `choose_victim`, and on their own on a dense miss,
+//!    a hint, or a reader's `still_wanted`; the policy never calls back
+//!    into the pager
 //!
 //! A lock may be taken while holding one above it in this list, never one
 //! below. The hit path takes no lock at all: one CAS on the slot's state
-//! word (see `slot.rs`).
+//! word (see `slot.rs`), and for an expert one push on a lock-free queue
+//! (`policy/uses.rs`).
+//!
+//! Nothing calls out of the pager under the eviction mutex: the engine's
+//! allocator (`Arena::allocate_chunk`, and freeing a wholly free chunk),
+//! `munmap` of a pooled buffer, `mremap` of one being resized and
+//! `madvise` of an evicted mapped tensor all run after it is released
+//! (`budget.rs`: `Deferred`, `Inner::unlock`).
 //!
 //! # Rules kept (and checked by [`Pager::check_invariants`])
 //! - resident bytes (loading, idle, pinned, in use) never pass the budget;
 //! - a slot in use or pinned is never evicted;
-//! - one read per miss, however many threads miss the same tensor at once.
+//! - one read per miss, however many threads miss the same tensor at once;
+//! - the counters kept where charges change (the eviction candidates, the
+//!   read-ahead bytes unused and in flight) agree with the slots.
 
 mod acquisitions;
 mod budget;
@@ -41,7 +52,7 @@ mod slot;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 pub use acquisitions::{Acquisition, TicketedAcquisition};
 pub use facade::Pager;
@@ -56,19 +67,23 @@ use crate::index::{TensorIndex, TensorInfo};
 use crate::policy::EvictionPolicy;
 use crate::prefetch;
 use crate::segvec::SegVec;
-use crate::source::{Allocator, ByteSource};
+use crate::source::ByteSource;
 
 pub(crate) struct Inner {
     index: TensorIndex,
     source: Box<dyn ByteSource>,
     /// One slot per tensor of the file, then one per slice.
     slots: SegVec<Slot>,
+    /// What is known of each slice (the file's tensors are the index's):
+    /// slice `id` is at `id - index.len()`.
+    slice_infos: SegVec<OnceLock<TensorInfo>>,
+    /// Slice names, for `find`.
+    slice_names: Mutex<HashMap<String, u32>>,
     /// Serialises appends to `slots` (slices).
     grow: Mutex<()>,
     policy: Box<dyn EvictionPolicy>,
     alignment: usize,
     wait_ms: u32,
-    allocator: Option<Arc<Allocator>>,
     /// Budget in force; written under `evict`.
     budget: AtomicU64,
     evict: Mutex<EvictState>,
@@ -87,6 +102,10 @@ pub(crate) struct Inner {
     closed: AtomicBool,
     misses: AtomicU64,
     prefetch_hits: AtomicU64,
+    /// Charges of tensors read ahead and not used yet (the read-ahead
+    /// flag set), and of those among them still being read.
+    prefetched_bytes: AtomicU64,
+    readahead_in_flight: AtomicU64,
     bytes_read: AtomicU64,
     read_ns: AtomicU64,
     wait_ns: AtomicU64,
@@ -108,18 +127,29 @@ impl Inner {
         }
         self.policy.grow(n);
         let sizes: Vec<u64> = infos.iter().map(|t| t.size).collect();
+        let too_many =
+            || Error::InvalidArgument(format!("{n} tensors and slices is more than a pager holds"));
+        if n > SegVec::<Slot>::CAPACITY {
+            return Err(too_many());
+        }
         self.policy.set_sizes(first as u32, &sizes);
         for id in first..n {
             self.policy.set_parent(id as u32, parent);
         }
+        let files = self.index.len();
+        let mut names = self.slice_names.lock().unwrap_or_else(|e| e.into_inner());
         let mut infos = infos.into_iter();
-        self.slots
-            .grow_to(n, |_, slot| {
-                slot.set_info(infos.next().expect("one info per new slot"))
+        self.slice_infos
+            .grow_to(n - files, |i, cell| {
+                let info = infos.next().expect("one info per new slice");
+                names.insert(info.name.clone(), (files + i) as u32);
+                let _ = cell.set(info);
             })
-            .ok_or_else(|| {
-                Error::InvalidArgument(format!("{n} tensors and slices is more than a pager holds"))
-            })?;
+            .ok_or_else(too_many)?;
+        drop(names);
+        self.slots
+            .grow_to(n, |i, slot| slot.set_size(sizes[i - first]))
+            .ok_or_else(too_many)?;
         Ok(first as u32)
     }
 
@@ -132,7 +162,32 @@ impl Inner {
     }
 
     fn info(&self, id: u32) -> Result<&TensorInfo> {
-        Ok(self.slot(id)?.info())
+        self.slot(id)?;
+        Ok(self.info_unchecked(id))
+    }
+
+    /// What is known of tensor or slice `id` (a valid id).
+    fn info_unchecked(&self, id: u32) -> &TensorInfo {
+        let files = self.index.tensors();
+        match files.get(id as usize) {
+            Some(info) => info,
+            None => self
+                .slice_infos
+                .get(id as usize - files.len())
+                .and_then(OnceLock::get)
+                .expect("slices are published after their info"),
+        }
+    }
+
+    /// The id of the tensor or slice named `name`.
+    fn find(&self, name: &str) -> Option<u32> {
+        self.index.find(name).or_else(|| {
+            self.slice_names
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(name)
+                .copied()
+        })
     }
 
     #[inline]
@@ -151,7 +206,7 @@ impl Inner {
 
     fn label(&self, id: u32) -> String {
         match self.slots.get(id as usize) {
-            Some(s) => format!("tensor {id} '{}'", s.info().name),
+            Some(_) => format!("tensor {id} '{}'", self.info_unchecked(id).name),
             None => format!("tensor {id}"),
         }
     }
@@ -179,7 +234,7 @@ impl Inner {
             s.hits += slot.hits();
             if state_of(w) == RESIDENT {
                 s.resident_count += 1;
-                let size = slot.info().size;
+                let size = slot.size();
                 if w & PINNED != 0 {
                     s.pinned_bytes += size;
                 }
@@ -201,7 +256,7 @@ impl Inner {
             charged += c;
             match state_of(w) {
                 RESIDENT => {
-                    if c == 0 && slot.info().size > 0 {
+                    if c == 0 && slot.size() > 0 {
                         return Err(format!("tensor {i} resident with no charge"));
                     }
                     if slot.data.load(Ordering::Acquire).is_null() {
@@ -218,6 +273,36 @@ impl Inner {
                 }
                 _ => {}
             }
+        }
+        let (mut prefetched, mut in_flight) = (0u64, 0u64);
+        for slot in self.slots.iter() {
+            let w = slot.load_word();
+            if w & slot::PREFETCHED != 0 {
+                prefetched += slot.charge.load(Ordering::Relaxed);
+                if state_of(w) == slot::LOADING {
+                    in_flight += slot.charge.load(Ordering::Relaxed);
+                }
+            }
+        }
+        if prefetched != self.prefetched_bytes.load(Ordering::Relaxed)
+            || in_flight != self.readahead_in_flight.load(Ordering::Relaxed)
+        {
+            return Err(format!(
+                "read-ahead counters say {} unused and {} in flight, the slots {prefetched} and {in_flight}",
+                self.prefetched_bytes.load(Ordering::Relaxed),
+                self.readahead_in_flight.load(Ordering::Relaxed)
+            ));
+        }
+        let members = g.charged.len();
+        let charged_slots = self
+            .slots
+            .iter()
+            .filter(|s| s.charge.load(Ordering::Relaxed) > 0)
+            .count();
+        if members != charged_slots {
+            return Err(format!(
+                "{members} eviction candidates, {charged_slots} charged slots"
+            ));
         }
         if charged != g.resident_bytes {
             return Err(format!(

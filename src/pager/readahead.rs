@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use super::budget::EvictState;
 use super::loads::Intent;
-use super::slot::{state_of, ABSENT, PREFETCHED};
+use super::slot::{state_of, ABSENT};
 use super::Inner;
 use crate::prefetch::ReadAheadTarget;
 
@@ -21,13 +21,10 @@ impl Inner {
         }
     }
 
-    /// Bytes of tensors read (or being read) ahead and not used yet.
+    /// Bytes of tensors read (or being read) ahead and not used yet (kept
+    /// where charges and the read-ahead flag change, not counted by a scan).
     pub(super) fn unused_prefetched_bytes(&self) -> u64 {
-        self.slots
-            .iter()
-            .filter(|s| s.load_word() & PREFETCHED != 0)
-            .map(|s| s.charge.load(Ordering::Relaxed))
-            .sum()
+        self.prefetched_bytes.load(Ordering::Relaxed)
     }
 
     /// How many bytes the read-ahead may hold unused. Every byte it holds
@@ -99,7 +96,7 @@ impl ReadAheadTarget for Inner {
             // Looked at afresh for each tensor: the other readers fill the
             // same window.
             let held = self.unused_prefetched_bytes();
-            let size = slot.info().size;
+            let size = slot.size();
             if held > 0 && held + size > window {
                 return;
             }

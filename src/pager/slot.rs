@@ -14,10 +14,9 @@
 //! tensor in use is never evicted.
 
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 use crate::error::Error;
-use crate::index::TensorInfo;
 use crate::source::TensorBuffer;
 
 pub(crate) const STATE_MASK: u64 = 0b11;
@@ -89,8 +88,9 @@ pub(crate) struct Slot {
     pub(crate) leases: [AtomicU64; LEASES_PER_SLOT],
     /// Acquirers waiting for this slot's load: the evictor leaves it alone.
     pub(crate) waiters: AtomicU32,
-    /// What the slot holds: set once before the slot is published.
-    info: OnceLock<TensorInfo>,
+    /// The tensor's size in bytes (the rest of what is known of it is the
+    /// pager's `info`): set once before the slot is published.
+    size: AtomicU64,
     /// Bytes charged to the budget for this slot (0 when absent). Written
     /// only under the pager's eviction mutex.
     pub(crate) charge: AtomicU64,
@@ -104,7 +104,7 @@ impl Slot {
     pub(crate) fn new() -> Self {
         Slot {
             word: AtomicU64::new(ABSENT),
-            info: OnceLock::new(),
+            size: AtomicU64::new(0),
             data: AtomicPtr::new(std::ptr::null_mut()),
             charge: AtomicU64::new(0),
             hits_folded: AtomicU64::new(0),
@@ -115,13 +115,15 @@ impl Slot {
         }
     }
 
-    pub(crate) fn set_info(&self, info: TensorInfo) {
-        let _ = self.info.set(info);
+    /// Called once, before the slot is published.
+    pub(crate) fn set_size(&self, size: u64) {
+        self.size.store(size, Ordering::Relaxed);
     }
 
+    /// The tensor's size in bytes.
     #[inline]
-    pub(crate) fn info(&self) -> &TensorInfo {
-        self.info.get().expect("slots are published after set_info")
+    pub(crate) fn size(&self) -> u64 {
+        self.size.load(Ordering::Relaxed)
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, SlotSync> {

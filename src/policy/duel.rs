@@ -10,12 +10,16 @@
 //! al., FAST'15) does it for miss-ratio curves: a miniature of the cache
 //! that behaves like the whole at a fraction of the cost.
 
+use super::candidates::{EveryResident, ResidentSet, VictimChooser};
 use super::experts::Ranking;
 
 /// About how many tensors the shadows follow.
 const SAMPLE_TARGET: u64 = 512;
 /// Per-pass decay of the shadows' hit scores (a window of about 32 tokens).
 const SCORE_DECAY: f64 = 1.0 - 1.0 / 32.0;
+/// A shadow examines every member up to this many, then samples (six
+/// shadows choose on every sampled miss).
+const SHADOW_EXAMINE_ALL_UP_TO: usize = 256;
 /// How much better, as a share of the leader's score, a challenger must be
 /// to take over (no flapping between equals).
 const SWITCH_MARGIN: f64 = 0.02;
@@ -41,14 +45,15 @@ pub(super) struct Duel {
 
 #[derive(Default, Clone)]
 struct Shadow {
-    resident: Vec<bool>,
-    /// Resident (id, size).
-    list: Vec<(u32, u64)>,
+    resident: ResidentSet,
     held: u64,
+    /// Victims are chosen as the real cache chooses them.
+    chooser: VictimChooser,
 }
 
-/// A fixed mix of the id, so that the sample spreads over blocks and parts.
-fn mix(id: u32) -> u64 {
+/// A fixed mix of the id, so that a sample by its value spreads over
+/// blocks and parts.
+pub(super) fn mix(id: u32) -> u64 {
     let mut x = (id as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -113,9 +118,11 @@ impl Duel {
             return;
         }
         self.capacity = (self.budget as u128 * sampled as u128 / total as u128) as u64;
+        // Every shadow member counts as a slice: a large sample is sampled.
         let empty = Shadow {
-            resident: vec![false; size.len()],
-            ..Shadow::default()
+            resident: ResidentSet::new(0),
+            held: 0,
+            chooser: VictimChooser::examining_all_up_to(SHADOW_EXAMINE_ALL_UP_TO),
         };
         self.shadows = vec![empty; Ranking::all().len()];
         self.score = vec![0.0; Ranking::all().len()];
@@ -126,15 +133,19 @@ impl Duel {
         self.running() && mix(id) <= self.threshold
     }
 
-    /// Feeds an access of sampled tensor `id` (of `size` bytes) to every
-    /// shadow; `distance(id, ranking)` is the expected distance to a
-    /// tensor's next use as that ranking sees it.
-    pub(super) fn access(&mut self, id: u32, size: u64, distance: &dyn Fn(u32, Ranking) -> u64) {
+    /// Keys the shadows' victim choices computed so far.
+    pub(super) fn examined(&self) -> u64 {
+        self.shadows.iter().map(|s| s.chooser.examined()).sum()
+    }
+
+    /// Feeds an access of sampled tensor `id` to every shadow; `sizes` are
+    /// the tensors' sizes by id, `distance(id, ranking)` is the expected
+    /// distance to a tensor's next use as that ranking sees it.
+    pub(super) fn access(&mut self, id: u32, sizes: &[u64], distance: &dyn Fn(u32, Ranking) -> u64) {
+        let size_of = |id: u32| sizes.get(id as usize).copied().unwrap_or(0);
+        let size = size_of(id);
         for (k, shadow) in self.shadows.iter_mut().enumerate() {
-            let Some(r) = shadow.resident.get_mut(id as usize) else {
-                continue;
-            };
-            if *r {
+            if shadow.resident.contains(id) {
                 self.score[k] += size as f64;
                 continue;
             }
@@ -142,19 +153,18 @@ impl Duel {
                 continue;
             }
             let ranking = Ranking::all()[k];
-            while shadow.held + size > self.capacity && !shadow.list.is_empty() {
-                let (at, _) = shadow
-                    .list
-                    .iter()
-                    .enumerate()
-                    .max_by_key(|&(_, &(v, _))| distance(v, ranking))
-                    .expect("the list is not empty");
-                let (victim, victim_size) = shadow.list.swap_remove(at);
-                shadow.resident[victim as usize] = false;
-                shadow.held -= victim_size;
+            while shadow.held + size > self.capacity {
+                let every = EveryResident(&shadow.resident);
+                let Some((victim, _)) = shadow
+                    .chooser
+                    .choose(&every, false, u64::MAX, &mut |v| distance(v, ranking))
+                else {
+                    break;
+                };
+                shadow.resident.remove(victim);
+                shadow.held -= size_of(victim);
             }
-            shadow.resident[id as usize] = true;
-            shadow.list.push((id, size));
+            shadow.resident.insert(id);
             shadow.held += size;
         }
     }

@@ -6,7 +6,9 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use super::duel::Duel;
+use super::candidates::VictimChooser;
+use super::duel::{mix, Duel};
+use super::uses::Use;
 use crate::segvec::SegVec;
 
 /// Weight, in trials, of the all-experts rate in each expert's reuse estimate.
@@ -22,6 +24,15 @@ const AGES: usize = 9;
 /// Popularity classes: an expert's rate over the mean rate, below 1/4, 1/2,
 /// 1, 2, and above.
 const CLASSES: usize = 5;
+/// About how many experts the once-per-pass sweep looks at (a hashed
+/// sample, so that a pass costs the same at any number of experts).
+const SWEEP_SAMPLE: usize = 512;
+/// A pass is swept only if at least (sample size / this) uses came since
+/// the last sweep: so that streams of very short passes (random expert
+/// acquires) cost a few rate updates per use, not a sweep per use.
+const SWEEP_EVERY: u64 = 8;
+/// Powers of the popularity decay kept in a table (beyond it, 0).
+const DECAY_TABLE: usize = 4096;
 
 /// One way to rank eviction candidates once experts are paged: each is one
 /// of the candidates the shadow simulations run. The first four keep
@@ -102,6 +113,14 @@ pub(super) struct ExpertState {
     pub(super) size: Vec<u64>,
     /// Every slice id.
     pub(super) slices: Vec<u32>,
+    /// The slices the once-per-pass sweep looks at, and the slice count it
+    /// was drawn for.
+    swept: Vec<u32>,
+    swept_for: usize,
+    /// Uses applied since the last sweep.
+    since_sweep: u64,
+    /// POPULARITY_DECAY^n for n < DECAY_TABLE.
+    decay: Vec<f64>,
     /// Pass of the latest use + 1 (0: never used), and of the use before.
     pub(super) last: Vec<u64>,
     /// Cursor of the latest use + 1 (0: never used).
@@ -125,6 +144,9 @@ pub(super) struct ExpertState {
     mean_rate: f64,
     /// [age][class] = (reused, trials), decayed.
     table: [[(f64, f64); CLASSES]; AGES],
+    /// The chance of reuse by age bucket alone, from `table` as of the
+    /// latest sweep.
+    by_age: [f64; AGES],
     /// While hinted and not yet used: the cursor position the hint expires at.
     hinted_until: Vec<u64>,
     /// Whether the router ever hinted the expert.
@@ -133,6 +155,10 @@ pub(super) struct ExpertState {
     pub(super) hinted_evictions: u64,
     /// The shadow simulations and the ranking they chose.
     pub(super) duel: Duel,
+    /// How the real cache's victims are chosen among many candidates.
+    pub(super) chooser: VictimChooser,
+    /// Room for the queued uses being applied (kept to reuse its memory).
+    pub(super) batch: Vec<Use>,
 }
 
 impl Experts {
@@ -144,6 +170,12 @@ impl Experts {
             state: Mutex::new(ExpertState {
                 size: Vec::new(),
                 slices: Vec::new(),
+                swept: Vec::new(),
+                swept_for: 0,
+                since_sweep: 0,
+                decay: std::iter::successors(Some(1.0f64), |p| Some(p * POPULARITY_DECAY))
+                    .take(DECAY_TABLE)
+                    .collect(),
                 last: Vec::new(),
                 last_cursor: Vec::new(),
                 prev: Vec::new(),
@@ -158,10 +190,13 @@ impl Experts {
                 current_pass: 0,
                 mean_rate: 0.0,
                 table: [[(0.0, 0.0); CLASSES]; AGES],
+                by_age: [0.5; AGES],
                 hinted_until: Vec::new(),
                 hint_given: Vec::new(),
                 hinted_evictions: 0,
                 duel: Duel::default(),
+                chooser: VictimChooser::default(),
+                batch: Vec::new(),
             }),
         }
     }
@@ -251,8 +286,12 @@ impl ExpertState {
         if i >= self.last.len() {
             return false;
         }
+        if pass + 1 < self.last[i] {
+            // Applied late, after a later use of the same expert.
+            return false;
+        }
         self.hinted_until[i] = 0;
-        self.last_cursor[i] = cursor + 1;
+        self.last_cursor[i] = self.last_cursor[i].max(cursor + 1);
         let first = *self.first_pass.get_or_insert(pass);
         let closed = pass > self.current_pass && self.current_pass >= first;
         if closed {
@@ -266,6 +305,7 @@ impl ExpertState {
         self.prev[i] = before;
         self.last[i] = pass + 1;
         self.uses[i] += 1;
+        self.since_sweep += 1;
         self.popularity[i] = self.popularity_at(i, pass) + 1.0;
         self.popularity_pass[i] = pass;
         if before != 0 {
@@ -279,11 +319,28 @@ impl ExpertState {
         closed
     }
 
-    /// Counts, for every expert, whether pass `pass` used it, by its age and
-    /// popularity class before that pass.
+    /// Counts, for the experts of the sweep's sample, whether pass `pass`
+    /// used them, by their age and popularity class before that pass.
     fn close_pass(&mut self, pass: u64) {
+        if self.swept_for != self.slices.len() {
+            self.swept_for = self.slices.len();
+            let threshold = match self.slices.len() {
+                n if n <= SWEEP_SAMPLE => u64::MAX,
+                n => (u64::MAX / n as u64).saturating_mul(SWEEP_SAMPLE as u64),
+            };
+            self.swept = self
+                .slices
+                .iter()
+                .copied()
+                .filter(|&id| mix(id) <= threshold)
+                .collect();
+        }
+        if self.since_sweep * SWEEP_EVERY < self.swept.len() as u64 {
+            return;
+        }
+        self.since_sweep = 0;
         let rates: Vec<f64> = self
-            .slices
+            .swept
             .iter()
             .map(|&id| self.rate(id as usize, pass))
             .collect();
@@ -294,7 +351,7 @@ impl ExpertState {
                 cell.1 *= TABLE_DECAY;
             }
         }
-        for (k, &id) in self.slices.iter().enumerate() {
+        for (k, &id) in self.swept.iter().enumerate() {
             let i = id as usize;
             let (since, reused) = if self.last[i] == pass + 1 {
                 (self.prev[i], 1.0)
@@ -307,17 +364,23 @@ impl ExpertState {
             cell.0 += reused;
             cell.1 += 1.0;
         }
+        self.by_age = std::array::from_fn(|age| self.chance_by_age(age));
+    }
+
+    /// POPULARITY_DECAY^n.
+    fn decay_pow(&self, n: u64) -> f64 {
+        self.decay.get(n as usize).copied().unwrap_or(0.0)
     }
 
     fn popularity_at(&self, i: usize, pass: u64) -> f64 {
         let elapsed = pass.saturating_sub(self.popularity_pass[i]);
-        self.popularity[i] * POPULARITY_DECAY.powi(elapsed.min(1 << 20) as i32)
+        self.popularity[i] * self.decay_pow(elapsed)
     }
 
     /// The decayed usage rate of slice `i` as of `pass`, in uses per pass.
     fn rate(&self, i: usize, pass: u64) -> f64 {
         let seen = pass.saturating_sub(self.first_pass.unwrap_or(pass)) + 1;
-        let norm = 1.0 - POPULARITY_DECAY.powi(seen.min(1 << 20) as i32);
+        let norm = 1.0 - self.decay_pow(seen);
         (self.popularity_at(i, pass) * (1.0 - POPULARITY_DECAY) / norm).min(1.0)
     }
 
@@ -339,10 +402,10 @@ impl ExpertState {
                 }
             }
             Ranking::Popularity => self.rate(i, next_pass.saturating_sub(1)),
-            Ranking::Recency => self.by_age(age_bucket(self.last[i], next_pass)),
+            Ranking::Recency => self.by_age[age_bucket(self.last[i], next_pass)],
             Ranking::Joint => {
                 let age = age_bucket(self.last[i], next_pass);
-                let marginal = self.by_age(age);
+                let marginal = self.by_age[age];
                 let class = class_of(self.rate(i, next_pass.saturating_sub(1)), self.mean_rate);
                 let (reused, trials) = self.table[age][class];
                 (reused + 4.0 * marginal) / (trials + 4.0)
@@ -353,7 +416,7 @@ impl ExpertState {
 
     /// How often experts of age bucket `age` were used, over every class,
     /// with a prior of two trials at the overall rate.
-    fn by_age(&self, age: usize) -> f64 {
+    fn chance_by_age(&self, age: usize) -> f64 {
         let sum = |row: &[(f64, f64); CLASSES]| row.iter().fold((0.0, 0.0), |a, c| (a.0 + c.0, a.1 + c.1));
         let (all_reused, all_trials) = self
             .table

@@ -3,17 +3,24 @@
 //!
 //! A policy sees every hit through [`EvictionPolicy::on_hit`], which runs on
 //! the hit path and must be lock-free and O(1) (the schedule-aware policy
-//! does nothing there once it knows the schedule), and every miss through
-//! [`EvictionPolicy::on_access`]; everything else runs on the miss path under
-//! the pager's eviction mutex, where a scan over the candidates is cheap next
-//! to the read it makes room for.
+//! does nothing there for a dense tensor once it knows the schedule, and
+//! queues an expert's use for later), and every miss through
+//! [`EvictionPolicy::on_access`]; the victim is chosen on the miss path
+//! under the pager's eviction mutex, among the tensors that hold budget
+//! ([`Candidates`]): all of them while they are few, a sample once they are
+//! many, so that a miss costs the same at any number of expert slices.
 
+mod candidates;
 mod duel;
 mod experts;
+mod order;
 mod schedule;
+mod uses;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub(crate) use candidates::VictimChooser;
+pub use candidates::{Candidates, EveryResident, ResidentSet};
 pub use experts::Ranking;
 pub use schedule::ScheduleAware;
 
@@ -56,11 +63,11 @@ pub trait EvictionPolicy: Send + Sync {
     fn on_hit(&self, id: u32) {
         self.on_access(id);
     }
-    /// Picks the victim among `candidates` (idle, unpinned, resident), or
-    /// `None` to evict nothing. With `incoming` (a read-ahead load), only a
-    /// victim needed later than `incoming` may be chosen. Called under the
+    /// Picks the victim among the evictable `candidates`, or `None` to
+    /// evict nothing. With `incoming` (a read-ahead load), only a victim
+    /// needed later than `incoming` may be chosen. Called under the
     /// eviction mutex.
-    fn choose_victim(&self, candidates: &mut dyn Iterator<Item = u32>, incoming: Option<u32>) -> Option<u32>;
+    fn choose_victim(&self, candidates: &dyn Candidates, incoming: Option<u32>) -> Option<u32>;
     /// Declares the order in which a pass touches tensors; it repeats every
     /// pass. An empty order forgets the declared one.
     fn set_schedule(&self, _ids: &[u32]) {}
@@ -140,12 +147,13 @@ impl EvictionPolicy for Lru {
         let _ = self.stamps.grow_to(n, |_, _| {});
     }
 
-    fn choose_victim(&self, candidates: &mut dyn Iterator<Item = u32>, incoming: Option<u32>) -> Option<u32> {
+    fn choose_victim(&self, candidates: &dyn Candidates, incoming: Option<u32>) -> Option<u32> {
         if incoming.is_some() {
             // LRU knows nothing of the future: a read-ahead evicts nothing.
             return None;
         }
-        candidates.min_by_key(|&id| {
+        // Exact: a reference policy examines every candidate.
+        every_evictable(candidates).min_by_key(|&id| {
             self.stamps
                 .get(id as usize)
                 .map_or(0, |s| s.load(Ordering::Relaxed))
@@ -181,6 +189,26 @@ impl FrequencyAdmission {
     }
 }
 
+impl FrequencyAdmission {
+    /// How `id` ranks for eviction, the largest first: the fewest uses,
+    /// then the most recent use.
+    pub fn key(&self, id: u32) -> u64 {
+        let load =
+            |v: &SegVec<AtomicU64>, id: u32| v.get(id as usize).map_or(0, |s| s.load(Ordering::Relaxed));
+        let fewest = u32::MAX as u64 - load(&self.counts, id).min(u32::MAX as u64);
+        let newest = load(&self.stamps, id).min(u32::MAX as u64);
+        fewest << 32 | newest
+    }
+}
+
+/// Every evictable candidate, for the policies that examine them all.
+pub fn every_evictable(candidates: &dyn Candidates) -> impl Iterator<Item = u32> + '_ {
+    candidates
+        .resident()
+        .iter()
+        .filter(move |&id| candidates.is_evictable(id))
+}
+
 impl EvictionPolicy for FrequencyAdmission {
     fn on_access(&self, id: u32) {
         let now = self.clock.fetch_add(1, Ordering::Relaxed);
@@ -195,13 +223,11 @@ impl EvictionPolicy for FrequencyAdmission {
         let _ = self.counts.grow_to(n, |_, _| {});
     }
 
-    fn choose_victim(&self, candidates: &mut dyn Iterator<Item = u32>, incoming: Option<u32>) -> Option<u32> {
+    fn choose_victim(&self, candidates: &dyn Candidates, incoming: Option<u32>) -> Option<u32> {
         if incoming.is_some() {
             return None;
         }
-        let load =
-            |v: &SegVec<AtomicU64>, id: u32| v.get(id as usize).map_or(0, |s| s.load(Ordering::Relaxed));
-        candidates.min_by_key(|&id| (load(&self.counts, id), u64::MAX - load(&self.stamps, id)))
+        every_evictable(candidates).max_by_key(|&id| self.key(id))
     }
 
     fn describe(&self) -> String {
@@ -213,14 +239,22 @@ impl EvictionPolicy for FrequencyAdmission {
 mod tests {
     use super::*;
 
+    /// The candidates `ids`, every one evictable.
+    pub(crate) fn set_of(ids: &[u32]) -> ResidentSet {
+        let mut s = ResidentSet::default();
+        ids.iter().for_each(|&id| s.insert(id));
+        s
+    }
+
     #[test]
     fn lru_evicts_least_recent() {
         let p = Lru::new(4);
         for id in [0, 1, 2, 0, 1] {
             p.on_access(id);
         }
-        assert_eq!(p.choose_victim(&mut [0u32, 1, 2].into_iter(), None), Some(2));
-        assert_eq!(p.choose_victim(&mut [0u32, 1, 2].into_iter(), Some(3)), None);
+        let c = set_of(&[0, 1, 2]);
+        assert_eq!(p.choose_victim(&EveryResident(&c), None), Some(2));
+        assert_eq!(p.choose_victim(&EveryResident(&c), Some(3)), None);
     }
 
     #[test]
@@ -230,7 +264,10 @@ mod tests {
             p.on_access(id);
         }
         // 1 and 2 were used once; 2 is the newer: it goes first.
-        assert_eq!(p.choose_victim(&mut [0u32, 1, 2].into_iter(), None), Some(2));
-        assert_eq!(p.choose_victim(&mut [0u32, 1].into_iter(), None), Some(1));
+        assert_eq!(
+            p.choose_victim(&EveryResident(&set_of(&[0, 1, 2])), None),
+            Some(2)
+        );
+        assert_eq!(p.choose_victim(&EveryResident(&set_of(&[0, 1])), None), Some(1));
     }
 }

@@ -19,78 +19,14 @@
 //! `set_schedule` (and each learned cycle) therefore keeps its table until the
 //! pager is dropped: declare the schedule once per model, not per token.
 
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use super::candidates::Candidates;
 use super::experts::{ExpertState, Experts, Ranking};
+use super::order::{Learned, Learner, Schedule};
+use super::uses::{Use, Uses};
 use super::{EvictionPolicy, FrequencyAdmission};
-
-/// Steps of the second pass that must match the first before a learned
-/// cycle is adopted.
-const CONFIRM: usize = 8;
-/// Longest acquire stream kept while looking for a cycle.
-const MAX_TRACE: usize = 1 << 20;
-
-struct Schedule {
-    ids: Vec<u32>,
-    /// For each id, its positions in `ids`, ascending.
-    positions: Vec<Vec<u32>>,
-    declared: bool,
-    /// Misses on tensors outside the schedule in the current pass (learned
-    /// schedules only).
-    mismatches: AtomicU64,
-}
-
-impl Schedule {
-    fn new(ids: Vec<u32>, declared: bool) -> Self {
-        let n = ids.iter().map(|&i| i as usize + 1).max().unwrap_or(0);
-        let mut positions = vec![Vec::new(); n];
-        for (pos, &id) in ids.iter().enumerate() {
-            positions[id as usize].push(pos as u32);
-        }
-        Schedule {
-            ids,
-            positions,
-            declared,
-            mismatches: AtomicU64::new(0),
-        }
-    }
-
-    fn len(&self) -> u64 {
-        self.ids.len() as u64
-    }
-
-    /// Slots since the latest use of `id` at or before index `at` (in
-    /// 0..len), or None if the schedule never uses it.
-    fn age(&self, id: u32, at: u64) -> Option<u64> {
-        let p = self.positions.get(id as usize)?;
-        let last = *p.last()? as u64;
-        let i = p.partition_point(|&x| x as u64 <= at);
-        Some(match i {
-            0 => at + self.len() - last,
-            _ => at - p[i - 1] as u64,
-        })
-    }
-
-    /// Slots from index `from` (in 0..len) to the next use of `id`, or None
-    /// if the schedule never uses it.
-    fn distance(&self, id: u32, from: u64) -> Option<u64> {
-        let p = self.positions.get(id as usize)?;
-        let first = *p.first()? as u64;
-        let i = p.partition_point(|&x| (x as u64) < from);
-        Some(match p.get(i) {
-            Some(&x) => x as u64 - from,
-            None => first + self.len() - from,
-        })
-    }
-}
-
-#[derive(Default)]
-struct Learner {
-    trace: Vec<u32>,
-    /// Positions j > 0 where the stream met its first id again, still matching.
-    candidates: Vec<usize>,
-}
 
 /// Belady's rule on the declared or learned pass order; frequency admission
 /// while no order is known.
@@ -106,7 +42,17 @@ pub struct ScheduleAware {
     cursor: AtomicU64,
     learning: AtomicBool,
     learner: Mutex<Learner>,
+    /// The schedule key the learner saw last: an expert hit of the merged
+    /// tensor it saw last skips the learner's lock.
+    learner_last: AtomicU32,
     experts: Experts,
+    /// Expert uses (and dense misses) not applied to the experts' state yet.
+    uses: Uses,
+    /// Examine every eviction candidate instead of a sample (a reference
+    /// for comparisons).
+    every_candidate: AtomicBool,
+    /// Schedules installed so far.
+    serial: AtomicU64,
 }
 
 impl ScheduleAware {
@@ -121,12 +67,98 @@ impl ScheduleAware {
             cursor: AtomicU64::new(0),
             learning: AtomicBool::new(learn),
             learner: Mutex::new(Learner::default()),
+            learner_last: AtomicU32::new(u32::MAX),
             experts: {
                 let e = Experts::new();
                 e.grow(n);
                 e
             },
+            uses: Uses::default(),
+            every_candidate: AtomicBool::new(false),
+            serial: AtomicU64::new(0),
         }
+    }
+
+    /// Examines every eviction candidate (`true`) instead of a sample of
+    /// them once they are many: exact and slower, for comparisons.
+    pub fn examine_every_candidate(&self, every: bool) {
+        self.every_candidate.store(every, Ordering::Relaxed);
+    }
+
+    /// Eviction keys computed so far, by the real cache's choices and by
+    /// the shadow caches': the policy's work, which does not grow with the
+    /// number of expert slices.
+    pub fn candidates_examined(&self) -> u64 {
+        let st = self.experts.lock();
+        st.chooser.examined() + st.duel.examined()
+    }
+
+    /// Queues a use of expert slice `id` for the experts' state and the
+    /// shadow caches.
+    #[inline]
+    fn record(&self, s: &Schedule, id: u32) {
+        self.uses.push(Use {
+            slice: Some(id),
+            at: self.cursor.load(Ordering::Relaxed),
+            to: 0,
+            schedule: s.serial,
+        });
+    }
+
+    /// Moves the position to the next place of schedule key `key` (where
+    /// it is, if it is there); returns the position before and after, or
+    /// `None` if the schedule never uses `key`.
+    fn advance(&self, s: &Schedule, key: u32) -> Option<(u64, u64)> {
+        let len = s.len();
+        let cur = self.cursor.load(Ordering::Relaxed);
+        let index = cur % len;
+        if s.ids[index as usize] == key {
+            return Some((cur, cur));
+        }
+        let Some(d) = s.distance(key, (index + 1) % len) else {
+            // Not in the schedule: for a learned one, the stream has left the
+            // cycle if this happens for a quarter of a pass.
+            if !s.declared && (s.mismatches.fetch_add(1, Ordering::Relaxed) + 1) * 4 > len {
+                self.forget_learned();
+            }
+            return None;
+        };
+        let new = cur + 1 + d;
+        self.cursor.store(new, Ordering::Relaxed);
+        if !s.declared && new / len != cur / len {
+            s.mismatches.store(0, Ordering::Relaxed);
+        }
+        Some((cur, new))
+    }
+
+    /// Applies the queued uses, in schedule order, to the position, the
+    /// experts' state and the shadow caches. Uses of a schedule replaced
+    /// since are dropped: their positions mean nothing in the new one.
+    fn apply_uses(&self, st: &mut ExpertState) {
+        if self.uses.is_empty() {
+            return;
+        }
+        let mut batch = std::mem::take(&mut st.batch);
+        self.uses.take_all(&mut batch);
+        for u in &batch {
+            let Some(s) = self.schedule().filter(|s| s.serial == u.schedule) else {
+                continue;
+            };
+            let Some(id) = u.slice else {
+                self.feed_shadows(st, s, (u.at, u.to), None);
+                continue;
+            };
+            let Some((cur, new)) = self.advance(s, self.experts.key(id)) else {
+                continue;
+            };
+            let closed = st.used(id, new / s.len(), new);
+            self.feed_shadows(st, s, (cur, new), Some(id));
+            if closed {
+                st.duel.pass_closed();
+            }
+        }
+        batch.clear();
+        st.batch = batch;
     }
 
     /// How `ranking` ranks `id` for eviction (the largest goes first), from
@@ -203,24 +235,29 @@ impl ScheduleAware {
         if !st.duel.running() {
             return;
         }
+
         let mut duel = std::mem::take(&mut st.duel);
         {
             let view: &ExpertState = st;
             let len = s.len();
-            let steps = new.saturating_sub(cur).min(len);
+            // A jump over a quarter of a long pass: the stream is not
+            // following the order (random acquires), so the tensors passed
+            // were not used and are not replayed.
+            let steps = match new.saturating_sub(cur) {
+                jump if jump > (len / 4).max(64) => 0,
+                jump => jump,
+            };
             for at in new + 1 - steps..=new {
                 let t = s.ids[(at % len) as usize];
                 if self.experts.has_slices(t) || !duel.samples(t) {
                     continue;
                 }
-                let size = view.size.get(t as usize).copied().unwrap_or(0);
                 let distance = |v, e| self.eviction_key(view, s, v, ((at + 1) % len, at), e);
-                duel.access(t, size, &distance);
+                duel.access(t, &view.size, &distance);
             }
             if let Some(id) = slice.filter(|&id| duel.samples(id)) {
-                let size = view.size.get(id as usize).copied().unwrap_or(0);
                 let distance = |v, e| self.eviction_key(view, s, v, ((new + 1) % len, new), e);
-                duel.access(id, size, &distance);
+                duel.access(id, &view.size, &distance);
             }
         }
         st.duel = duel;
@@ -237,7 +274,8 @@ impl ScheduleAware {
     fn install(&self, schedule: Option<Schedule>, at: u64) {
         let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         match schedule {
-            Some(s) => {
+            Some(mut s) => {
+                s.serial = self.serial.fetch_add(1, Ordering::Relaxed) + 1;
                 let len = s.len();
                 let mut boxed = Box::new(s);
                 let ptr: *mut Schedule = &mut *boxed;
@@ -254,37 +292,22 @@ impl ScheduleAware {
     /// Learns from an access at schedule key `id`; `slice` when it was an
     /// expert's (the experts of one merged tensor are one step of the pass).
     fn observe(&self, id: u32, slice: bool) {
-        let mut l = self.learner.lock().unwrap_or_else(|e| e.into_inner());
-        if !self.learning.load(Ordering::Relaxed) || (slice && l.trace.last() == Some(&id)) {
+        if slice && self.learner_last.load(Ordering::Relaxed) == id {
             return;
         }
-        let j = l.trace.len();
-        l.trace.push(id);
-        if j > 0 && id == l.trace[0] {
-            l.candidates.push(j);
+        let mut l = self.learner.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.learning.load(Ordering::Relaxed) || (slice && l.last() == Some(id)) {
+            return;
         }
-        let trace = std::mem::take(&mut l.trace);
-        let mut adopted = None;
-        l.candidates.retain(|&c| {
-            let k = j - c;
-            if trace[j] != trace[k] {
-                return false;
+        self.learner_last.store(id, Ordering::Relaxed);
+        match l.observe(id) {
+            Learned::Nothing => {}
+            Learned::Cycle(ids, at) => {
+                self.learning.store(false, Ordering::Relaxed);
+                self.install(Some(Schedule::new(ids, false, 0)), at);
             }
-            if adopted.is_none() && k + 1 >= CONFIRM.min(c) {
-                adopted = Some((c, k));
-            }
-            true
-        });
-        l.trace = trace;
-        if let Some((c, k)) = adopted {
-            let ids = l.trace[..c].to_vec();
-            *l = Learner::default();
-            self.learning.store(false, Ordering::Relaxed);
-            self.install(Some(Schedule::new(ids, false)), k as u64);
-        } else if l.trace.len() >= MAX_TRACE {
             // No cycle in a million acquisitions: stay with frequency admission.
-            *l = Learner::default();
-            self.learning.store(false, Ordering::Relaxed);
+            Learned::GaveUp => self.learning.store(false, Ordering::Relaxed),
         }
     }
 
@@ -300,13 +323,14 @@ impl ScheduleAware {
         if ids.is_empty() || !self.learn || self.schedule().is_some() {
             return;
         }
-        self.install(Some(Schedule::new(ids.to_vec(), false)), ids.len() as u64 - 1);
+        self.install(Some(Schedule::new(ids.to_vec(), false, 0)), ids.len() as u64 - 1);
     }
 
     fn forget_learned(&self) {
         self.install(None, 0);
         if self.learn {
             *self.learner.lock().unwrap_or_else(|e| e.into_inner()) = Learner::default();
+            self.learner_last.store(u32::MAX, Ordering::Relaxed);
             self.learning.store(true, Ordering::Relaxed);
         }
     }
@@ -315,87 +339,62 @@ impl ScheduleAware {
 impl EvictionPolicy for ScheduleAware {
     fn on_access(&self, id: u32) {
         let key = self.experts.key(id);
+        let slice = key != id;
         if self.learning.load(Ordering::Relaxed) {
-            self.observe(key, key != id);
+            self.observe(key, slice);
         }
         let Some(s) = self.schedule() else {
             self.fallback.on_access(id);
             return;
         };
-        let len = s.len();
-        let cur = self.cursor.load(Ordering::Relaxed);
-        let index = cur % len;
-        let new = if s.ids[index as usize] == key {
-            cur
-        } else {
-            let Some(d) = s.distance(key, (index + 1) % len) else {
-                // Not in the schedule: for a learned one, the stream has left the
-                // cycle if this happens for a quarter of a pass.
-                if !s.declared && (s.mismatches.fetch_add(1, Ordering::Relaxed) + 1) * 4 > len {
-                    self.forget_learned();
-                }
-                return;
-            };
-            let new = cur + 1 + d;
-            self.cursor.store(new, Ordering::Relaxed);
-            if !s.declared && new / len != cur / len {
-                s.mismatches.store(0, Ordering::Relaxed);
-            }
-            new
-        };
-        if !self.experts.any() {
+        if slice {
+            // The position moves when the use is applied (in order with
+            // the other threads' expert uses).
+            self.record(s, id);
             return;
         }
-        let mut st = self.experts.lock();
-        let closed = key != id && st.used(id, new / len, new);
-        self.feed_shadows(&mut st, s, (cur, new), (key != id).then_some(id));
-        if closed {
-            st.duel.pass_closed();
+        if self.experts.any() && !self.uses.is_empty() {
+            // Expert uses queued so far move the position first.
+            let mut st = self.experts.lock();
+            self.apply_uses(&mut st);
+        }
+        let Some((cur, new)) = self.advance(s, key) else {
+            return;
+        };
+        if self.experts.any() {
+            // The shadows replay the dense tensors passed.
+            self.uses.push(Use {
+                slice: None,
+                at: cur,
+                to: new,
+                schedule: s.serial,
+            });
         }
     }
 
     fn on_hit(&self, id: u32) {
-        // With a schedule, hits move nothing: the position is caught up at
-        // the next miss, which is when eviction needs it. This keeps shared
-        // writes off the hot path once the order is learned.
-        // Expert slices always report: their reuse statistics need every use.
-        if self.current.load(Ordering::Relaxed).is_null()
-            || self.learning.load(Ordering::Relaxed)
-            || self.experts.parent(id).is_some()
-        {
+        // With a schedule, a dense hit moves nothing: the position is
+        // caught up at the next miss, which is when eviction needs it. This
+        // keeps shared writes off the hot path once the order is learned.
+        // An expert's hit is queued (its statistics need every use): one
+        // push, see `uses.rs`.
+        if self.current.load(Ordering::Relaxed).is_null() || self.learning.load(Ordering::Relaxed) {
             self.on_access(id);
+        } else if self.experts.parent(id).is_some() {
+            if let Some(s) = self.schedule() {
+                self.record(s, id);
+            }
         }
     }
 
-    fn choose_victim(&self, candidates: &mut dyn Iterator<Item = u32>, incoming: Option<u32>) -> Option<u32> {
-        let Some(s) = self.schedule() else {
-            return self.fallback.choose_victim(candidates, incoming);
-        };
-        // Distances from the slot after the current one: the tensor just
-        // acquired is needed again only a full pass later.
-        let cursor = self.cursor.load(Ordering::Relaxed);
-        let at = ((cursor + 1) % s.len(), cursor);
+    fn choose_victim(&self, candidates: &dyn Candidates, incoming: Option<u32>) -> Option<u32> {
         let mut st = self.experts.lock();
-        let ranking = st.duel.leader();
-        if incoming.is_some() && !ranking.knows_the_future() {
-            // As the reference policies: a read-ahead evicts nothing.
-            return None;
-        }
-        let (victim, hinted) = {
-            let view: &ExpertState = &st;
-            let distance = |id: u32| self.eviction_key(view, s, id, at, ranking);
-            let (victim, d) = candidates.map(|id| (id, distance(id))).max_by_key(|&(_, d)| d)?;
-            if let Some(inc) = incoming {
-                if d <= distance(inc) {
-                    return None;
-                }
-            }
-            (victim, view.is_hinted(victim, cursor))
-        };
-        if hinted {
-            st.hinted_evictions += 1;
-        }
-        Some(victim)
+        self.apply_uses(&mut st);
+        let every = self.every_candidate.load(Ordering::Relaxed);
+        let mut chooser = std::mem::take(&mut st.chooser);
+        let chosen = self.choose(&mut st, &mut chooser, candidates, incoming, every);
+        st.chooser = chooser;
+        chosen
     }
 
     fn on_hint(&self, ids: &[u32]) {
@@ -405,6 +404,7 @@ impl EvictionPolicy for ScheduleAware {
         let Some(s) = self.schedule() else { return };
         let until = self.cursor.load(Ordering::Relaxed) + s.len();
         let mut st = self.experts.lock();
+        self.apply_uses(&mut st);
         for &id in ids.iter().filter(|&&id| self.experts.parent(id).is_some()) {
             st.hint(id, until);
         }
@@ -414,8 +414,9 @@ impl EvictionPolicy for ScheduleAware {
         if self.experts.parent(id).is_none() {
             return true;
         }
-        let cursor = self.cursor.load(Ordering::Relaxed);
-        !self.experts.lock().hint_is_stale(id, cursor)
+        let mut st = self.experts.lock();
+        self.apply_uses(&mut st);
+        !st.hint_is_stale(id, self.cursor.load(Ordering::Relaxed))
     }
 
     fn set_sizes(&self, first: u32, sizes: &[u64]) {
@@ -438,7 +439,7 @@ impl EvictionPolicy for ScheduleAware {
         self.learning.store(false, Ordering::Relaxed);
         let len = ids.len() as u64;
         // The next acquisition is expected to be the schedule's first.
-        self.install(Some(Schedule::new(ids.to_vec(), true)), len - 1);
+        self.install(Some(Schedule::new(ids.to_vec(), true, 0)), len - 1);
     }
 
     fn grow(&self, n: usize) {
@@ -473,9 +474,14 @@ impl EvictionPolicy for ScheduleAware {
         if !self.experts.any() {
             return order;
         }
-        let st = self.experts.lock();
+        let mut st = self.experts.lock();
+        self.apply_uses(&mut st);
+        let dropped = match self.uses.dropped() {
+            0 => String::new(),
+            n => format!(", {n} expert uses not counted (no eviction for a thousand hits)"),
+        };
         format!(
-            "{order}; experts ranked by {} (shadow duel), {} hinted experts evicted before use",
+            "{order}; experts ranked by {} (shadow duel), {} hinted experts evicted before use{dropped}",
             st.duel.leader().name(),
             st.hinted_evictions
         )
@@ -483,6 +489,59 @@ impl EvictionPolicy for ScheduleAware {
 }
 
 impl ScheduleAware {
+    /// The victim by the leading ranking (frequency admission while no
+    /// order is known), among the evictable candidates; with `incoming`,
+    /// only one needed later than it.
+    fn choose(
+        &self,
+        st: &mut ExpertState,
+        chooser: &mut super::VictimChooser,
+        candidates: &dyn Candidates,
+        incoming: Option<u32>,
+        every: bool,
+    ) -> Option<u32> {
+        let Some(s) = self.schedule() else {
+            if incoming.is_some() {
+                // Nothing is known of the future: a read-ahead evicts nothing.
+                return None;
+            }
+            return chooser
+                .choose(candidates, every, u64::MAX, &mut |id| self.fallback.key(id))
+                .map(|(id, _)| id);
+        };
+        // Distances from the slot after the current one: the tensor just
+        // acquired is needed again only a full pass later.
+        let cursor = self.cursor.load(Ordering::Relaxed);
+        let at = ((cursor + 1) % s.len(), cursor);
+        let ranking = st.duel.leader();
+        if incoming.is_some() && !ranking.knows_the_future() {
+            // As the reference policies: a read-ahead evicts nothing.
+            return None;
+        }
+        // The largest key a tensor of the schedule can have: a slice above
+        // it wins without looking at them (a tensor outside the schedule,
+        // whose key is larger, is then left for a later choice).
+        let len = s.len();
+        let tensor_keys_below = match ranking {
+            Ranking::Frequency => {
+                ((u32::MAX as u64 - (cursor / len).min(u32::MAX as u64)) << 32) | u32::MAX as u64
+            }
+            _ => len + 1,
+        };
+        let view: &ExpertState = st;
+        let mut key = |id: u32| self.eviction_key(view, s, id, at, ranking);
+        let (victim, d) = chooser.choose(candidates, every, tensor_keys_below, &mut key)?;
+        if let Some(inc) = incoming {
+            if d <= key(inc) {
+                return None;
+            }
+        }
+        if st.is_hinted(victim, cursor) {
+            st.hinted_evictions += 1;
+        }
+        Some(victim)
+    }
+
     fn describe_order(&self) -> String {
         match self.schedule() {
             Some(s) if s.declared => format!("schedule-aware (declared schedule of {})", s.len()),
@@ -502,184 +561,5 @@ impl ScheduleAware {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn declared_schedule_evicts_furthest_next_use() {
-        let p = ScheduleAware::new(4, false);
-        p.set_schedule(&[0, 1, 2, 3]);
-        p.on_access(0);
-        p.on_access(1);
-        // At index 1: next uses are 2 (+1), 3 (+2), 0 (+3).
-        assert_eq!(p.choose_victim(&mut [0u32, 2, 3].into_iter(), None), Some(0));
-        assert_eq!(p.choose_victim(&mut [2u32, 3].into_iter(), None), Some(3));
-        // A read-ahead of 2 may not evict 3?  3 is needed after 2: it may.
-        assert_eq!(p.choose_victim(&mut [3u32].into_iter(), Some(2)), Some(3));
-        // A read-ahead of 3 may not evict 2, needed sooner.
-        assert_eq!(p.choose_victim(&mut [2u32].into_iter(), Some(3)), None);
-        let mut up = Vec::new();
-        p.upcoming(3, &mut up);
-        assert_eq!(up, [2, 3, 0]);
-    }
-
-    #[test]
-    fn cycle_is_learned_after_the_second_pass_confirms_it() {
-        let p = ScheduleAware::new(20, true);
-        let pass: Vec<u32> = (0..20).collect();
-        for &id in &pass {
-            p.on_access(id);
-        }
-        assert!(p.describe().contains("learning"), "{}", p.describe());
-        for &id in &pass[..CONFIRM] {
-            p.on_access(id);
-        }
-        assert!(
-            p.describe().contains("learned schedule of 20"),
-            "{}",
-            p.describe()
-        );
-        let mut up = Vec::new();
-        p.upcoming(2, &mut up);
-        assert_eq!(up, [CONFIRM as u32, CONFIRM as u32 + 1]);
-    }
-
-    #[test]
-    fn tied_embeddings_do_not_fool_the_learner() {
-        // token_embd (0) is used first and again as the output head.
-        let mut pass = vec![0u32];
-        pass.extend(1..12);
-        pass.push(0);
-        let p = ScheduleAware::new(12, true);
-        for _ in 0..2 {
-            for &id in &pass {
-                p.on_access(id);
-            }
-        }
-        assert!(
-            p.describe().contains("learned schedule of 13"),
-            "{}",
-            p.describe()
-        );
-    }
-
-    #[test]
-    fn learned_schedule_is_dropped_when_the_stream_changes() {
-        let p = ScheduleAware::new(40, true);
-        let pass: Vec<u32> = (0..10).collect();
-        for _ in 0..2 {
-            for &id in &pass {
-                p.on_access(id);
-            }
-        }
-        assert!(p.describe().contains("learned"));
-        let mut x = 7u32;
-        for _ in 0..30 {
-            x = x.wrapping_mul(1103515245).wrapping_add(12345);
-            p.on_access(10 + (x >> 16) % 30);
-        }
-        assert!(!p.describe().contains("learned"), "{}", p.describe());
-    }
-
-    #[test]
-    fn guessed_schedule_reads_ahead_and_the_learned_one_replaces_it() {
-        let p = ScheduleAware::new(6, true);
-        p.guess(&[0, 1, 2, 3, 4, 5]);
-        let mut up = Vec::new();
-        p.upcoming(2, &mut up);
-        assert_eq!(up, [0, 1]);
-        // The engine's real order differs inside the "block".
-        let pass = [0u32, 2, 1, 3, 5, 4];
-        for _ in 0..2 {
-            for &id in &pass {
-                p.on_access(id);
-            }
-        }
-        assert!(p.describe().contains("learned schedule of 6"), "{}", p.describe());
-        // Adopted at the last access (tensor 4): the engine's order follows.
-        let mut up = Vec::new();
-        p.upcoming(3, &mut up);
-        assert_eq!(up, [0, 2, 1]);
-    }
-
-    /// Two dense tensors (0, 1) and a merged tensor 2 split into experts 3..7.
-    fn moe_policy() -> ScheduleAware {
-        let p = ScheduleAware::new(7, false);
-        for e in 3..7 {
-            p.set_parent(e, 2);
-        }
-        p.set_sizes(0, &[10; 7]);
-        p.set_budget(30);
-        p.set_schedule(&[0, 1, 2]);
-        p
-    }
-
-    #[test]
-    fn a_hinted_expert_is_kept_until_used_and_its_queued_read_then_dropped() {
-        let p = moe_policy();
-        p.on_access(0);
-        p.on_access(1);
-        p.on_hint(&[5]);
-        assert!(p.still_wanted(5));
-        // Expert 5 is needed within this block: anything else goes first,
-        // and a read-ahead of it may evict them.
-        assert_eq!(p.choose_victim(&mut [3u32, 5].into_iter(), None), Some(3));
-        assert_eq!(p.choose_victim(&mut [3u32].into_iter(), Some(5)), Some(3));
-        p.on_access(5);
-        // Used: a read the hint queued is stale, and 5 is an expert like the others.
-        assert!(!p.still_wanted(5));
-        assert!(p.still_wanted(4), "never hinted: a plain prefetch stands");
-        assert!(
-            p.describe().contains("0 hinted experts evicted"),
-            "{}",
-            p.describe()
-        );
-    }
-
-    #[test]
-    fn fixed_reference_rankings_behave_as_the_references() {
-        let p = moe_policy();
-        p.fix_ranking(Some(Ranking::Lru));
-        for id in [0, 1, 3, 4] {
-            p.on_access(id);
-        }
-        // LRU: dense 0 is the oldest; a read-ahead evicts nothing.
-        assert_eq!(p.choose_victim(&mut [0u32, 1, 3, 4].into_iter(), None), Some(0));
-        assert_eq!(p.choose_victim(&mut [0u32, 1, 3, 4].into_iter(), Some(1)), None);
-        p.fix_ranking(Some(Ranking::Frequency));
-        // Frequency: experts used once go before dense tensors used every
-        // pass; among them the newest (4) goes first.
-        assert_eq!(p.choose_victim(&mut [0u32, 1, 3, 4].into_iter(), None), Some(4));
-        p.fix_ranking(Some(Ranking::Reuse));
-        // Belady on the schedule: dense 0 is next, 1 after it; the experts
-        // are needed at 2 only with some chance, so they go first.
-        assert!(matches!(
-            p.choose_victim(&mut [0u32, 1, 3, 4].into_iter(), None),
-            Some(3 | 4)
-        ));
-    }
-
-    #[test]
-    fn the_learner_sees_a_merged_tensor_once_however_many_experts_run() {
-        let p = ScheduleAware::new(10, true);
-        for e in 4..10 {
-            p.set_parent(e, 3);
-        }
-        // Dense 0..3, then two of the six experts of 3, different each token.
-        for token in 0..3u32 {
-            for id in [0, 1, 2, 4 + token % 6, 4 + (token + 2) % 6] {
-                p.on_access(id);
-            }
-        }
-        assert!(p.describe().contains("learned schedule of 4"), "{}", p.describe());
-    }
-
-    #[test]
-    fn without_a_schedule_frequency_admission_decides() {
-        let p = ScheduleAware::new(4, false);
-        for id in [0, 1, 2, 0] {
-            p.on_access(id);
-        }
-        assert_eq!(p.choose_victim(&mut [0u32, 1, 2].into_iter(), None), Some(2));
-    }
-}
+#[path = "schedule_tests.rs"]
+mod tests;

@@ -50,6 +50,30 @@ unsafe impl Send for Arena {}
 // SAFETY: as above.
 unsafe impl Sync for Arena {}
 
+/// A block of the engine's allocator that no arena holds: just allocated,
+/// or taken out of an arena to be freed. Dropping it frees it.
+#[derive(Debug)]
+pub struct FreshChunk {
+    /// `None` once an arena holds the block.
+    allocator: Option<Arc<Allocator>>,
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the chunk owns its block exclusively; nothing in it is tied to a thread.
+unsafe impl Send for FreshChunk {}
+
+impl Drop for FreshChunk {
+    fn drop(&mut self) {
+        if let Some(a) = &self.allocator {
+            // SAFETY: the block came from this allocator with this size, and
+            // no range of it is handed out (fresh, or wholly free when
+            // detached).
+            unsafe { (a.free)(a.user_data, self.ptr.as_ptr() as *mut c_void, self.len) };
+        }
+    }
+}
+
 /// A range of an arena chunk holding one tensor; given back on drop.
 #[derive(Debug)]
 pub struct ArenaRange {
@@ -83,11 +107,13 @@ impl Arena {
     }
 
     /// Bytes taken from the allocator and not given back.
+    #[cfg(test)]
     pub fn total_bytes(&self) -> u64 {
         self.lock().total_bytes
     }
 
     /// Calls made to the allocator so far.
+    #[cfg(test)]
     pub fn allocations(&self) -> u64 {
         self.lock().allocations
     }
@@ -128,7 +154,17 @@ impl Arena {
 
     /// Takes a chunk of `len` bytes (rounded up to the alignment) from the
     /// allocator, all of it free.
+    #[cfg(test)]
     pub fn grow(&self, len: usize) -> Result<()> {
+        let chunk = self.allocate_chunk(len)?;
+        self.add_chunk(chunk);
+        Ok(())
+    }
+
+    /// Calls the allocator for a chunk of `len` bytes (rounded up to the
+    /// alignment), changing nothing in the arena: the pager calls this with
+    /// no lock of its own held, then [`Arena::add_chunk`].
+    pub fn allocate_chunk(&self, len: usize) -> Result<FreshChunk> {
         let len = self.footprint(len);
         let a = &self.allocator;
         // SAFETY: calling the engine's allocator as its contract describes.
@@ -137,14 +173,27 @@ impl Arena {
             bytes: len as u64,
             what: "a chunk of tensor memory from the engine's allocator".to_owned(),
         })?;
+        let chunk = FreshChunk {
+            allocator: Some(Arc::clone(a)),
+            ptr,
+            len,
+        };
         if (p as usize) % self.alignment != 0 {
-            // SAFETY: returning the block we were just given to its own allocator.
-            unsafe { (a.free)(a.user_data, p as *mut c_void, len) };
+            // Dropping the chunk returns it to its allocator.
             return Err(Error::InvalidArgument(format!(
                 "allocator returned {p:p}, not aligned to {} bytes",
                 self.alignment
             )));
         }
+        Ok(chunk)
+    }
+
+    /// Makes a chunk from [`Arena::allocate_chunk`] free for tensors.
+    pub fn add_chunk(&self, mut fresh: FreshChunk) {
+        // Its memory belongs to the arena from now on: the chunk's drop
+        // frees nothing.
+        fresh.allocator = None;
+        let (ptr, len) = (fresh.ptr, fresh.len);
         let mut s = self.lock();
         let chunk = Chunk {
             ptr,
@@ -158,12 +207,19 @@ impl Arena {
         s.free_bytes += len as u64;
         s.total_bytes += len as u64;
         s.allocations += 1;
-        Ok(())
     }
 
     /// Gives one wholly free chunk back to the allocator (the largest);
     /// returns its size, or `None` if every chunk holds a tensor.
+    #[cfg(test)]
     pub fn release_free_chunk(&self) -> Option<u64> {
+        self.detach_free_chunk().map(|c| c.len as u64)
+    }
+
+    /// Takes one wholly free chunk (the largest) out of the arena; its
+    /// memory goes back to the allocator when the returned chunk is
+    /// dropped (the pager drops it with no lock of its own held).
+    pub fn detach_free_chunk(&self) -> Option<FreshChunk> {
         let mut s = self.lock();
         let i = s
             .chunks
@@ -175,12 +231,11 @@ impl Arena {
         let chunk = s.chunks[i].take().expect("chosen chunk exists");
         s.free_bytes -= chunk.len as u64;
         s.total_bytes -= chunk.len as u64;
-        drop(s);
-        let a = &self.allocator;
-        // SAFETY: the chunk came from this allocator with this size, and no
-        // range of it is handed out (it is wholly free).
-        unsafe { (a.free)(a.user_data, chunk.ptr.as_ptr() as *mut c_void, chunk.len) };
-        Some(chunk.len as u64)
+        Some(FreshChunk {
+            allocator: Some(Arc::clone(&self.allocator)),
+            ptr: chunk.ptr,
+            len: chunk.len,
+        })
     }
 
     fn give_back(&self, chunk: usize, offset: usize, len: usize) {

@@ -6,7 +6,6 @@
 use std::alloc::Layout;
 use std::ffi::c_void;
 use std::ptr::NonNull;
-use std::sync::Arc;
 
 use super::arena::ArenaRange;
 use crate::error::{Error, Result};
@@ -55,7 +54,6 @@ const HUGE_PAGE: usize = 2 << 20;
 enum Origin {
     Heap(Layout),
     Mapped,
-    User(Arc<Allocator>),
     Arena(ArenaRange),
 }
 
@@ -73,30 +71,15 @@ unsafe impl Send for TensorBuffer {}
 unsafe impl Sync for TensorBuffer {}
 
 impl TensorBuffer {
-    /// Allocates `len` bytes (at least 1) aligned to `alignment` (a power of two).
-    pub fn allocate(len: usize, alignment: usize, allocator: Option<&Arc<Allocator>>) -> Result<Self> {
+    /// Allocates `len` bytes (at least 1) aligned to `alignment` (a power of
+    /// two): an anonymous mapping from 16 KiB on, the heap below. (An
+    /// engine's allocator is reached through an [`Arena`](super::Arena).)
+    pub fn allocate(len: usize, alignment: usize) -> Result<Self> {
         let len = len.max(1);
         let oom = || Error::OutOfMemory {
             bytes: len as u64,
             what: "tensor data".to_owned(),
         };
-        if let Some(a) = allocator {
-            // SAFETY: calling the engine's allocator as its contract describes.
-            let p = unsafe { (a.alloc)(a.user_data, len, alignment) } as *mut u8;
-            let ptr = NonNull::new(p).ok_or_else(oom)?;
-            if (p as usize) % alignment != 0 {
-                // SAFETY: returning the block we were just given to its own allocator.
-                unsafe { (a.free)(a.user_data, p as *mut c_void, len) };
-                return Err(Error::InvalidArgument(format!(
-                    "allocator returned {p:p}, not aligned to {alignment} bytes"
-                )));
-            }
-            return Ok(TensorBuffer {
-                ptr,
-                len,
-                origin: Origin::User(Arc::clone(a)),
-            });
-        }
         if len >= MAP_THRESHOLD && alignment <= PAGE {
             // SAFETY: an anonymous private mapping with no address hint; the
             // result is checked against MAP_FAILED before use.
@@ -205,12 +188,8 @@ impl TensorBuffer {
         self.len
     }
 
-    /// Always false: buffers hold at least one byte.
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
     /// Start of the buffer.
+    #[cfg(test)]
     pub fn as_ptr(&self) -> *const u8 {
         self.ptr.as_ptr()
     }
@@ -231,8 +210,6 @@ impl Drop for TensorBuffer {
                 // SAFETY: ptr and the page-rounded len are exactly our mapping.
                 unsafe { libc::munmap(self.ptr.as_ptr() as *mut c_void, self.len.next_multiple_of(PAGE)) };
             }
-            // SAFETY: returning the block to the allocator that made it, with its size.
-            Origin::User(a) => unsafe { (a.free)(a.user_data, self.ptr.as_ptr() as *mut c_void, self.len) },
             Origin::Arena(range) => range.release(self.len),
         }
     }
@@ -244,7 +221,7 @@ mod tests {
 
     #[test]
     fn mapped_buffers_shrink_and_grow_keeping_their_bytes() {
-        let mut b = TensorBuffer::allocate(3 << 20, 64, None).unwrap();
+        let mut b = TensorBuffer::allocate(3 << 20, 64).unwrap();
         b.as_mut_slice()[..4096].fill(9);
         assert!(b.resize(1 << 20));
         assert_eq!(b.len(), 1 << 20);
@@ -253,7 +230,7 @@ mod tests {
         assert_eq!(b.len(), 5 << 20);
         assert!(b.as_mut_slice()[..4096].iter().all(|&x| x == 9));
         b.as_mut_slice()[(5 << 20) - 1] = 1;
-        let mut small = TensorBuffer::allocate(100, 64, None).unwrap();
+        let mut small = TensorBuffer::allocate(100, 64).unwrap();
         assert!(!small.resize(1 << 20));
     }
 
@@ -266,7 +243,7 @@ mod tests {
             (1 << 20, 8192),
             (5000, 4096),
         ] {
-            let mut b = TensorBuffer::allocate(len, align, None).unwrap();
+            let mut b = TensorBuffer::allocate(len, align).unwrap();
             assert_eq!(b.as_ptr() as usize % align, 0);
             b.as_mut_slice().fill(7);
             assert_eq!(b.len(), len);

@@ -13,8 +13,9 @@ mod file;
 mod memory;
 mod mmap;
 
-pub use arena::{Arena, ArenaRange};
-pub use buffer::{Allocator, TensorBuffer};
+pub(crate) use arena::{Arena, FreshChunk};
+pub use buffer::Allocator;
+pub(crate) use buffer::TensorBuffer;
 pub use callback::{CallbackSource, DestroyFn, ReadAtFn};
 pub use file::{drop_page_cache, raw_pread_sweep, FileSource};
 pub use memory::MemorySource;
