@@ -3,6 +3,7 @@
  * stale copies, forged tickets, calls on a closed pager, release after close.
  *
  * usage: api_misuse MODEL.gguf SCRATCH_DIR */
+#include <stddef.h>
 #include <stdint.h>
 
 #include "check.h"
@@ -46,6 +47,7 @@ static void nulls_everywhere(const char *model) {
   pager_tensor_t t;
   pager_tensor_info_t info;
   pager_stats_t s;
+  pager_stats_init(&s);
   CHECK_STATUS(pager_find(NULL, "x", &id), PAGER_ERR_INVALID_ARGUMENT);
   CHECK_STATUS(pager_tensor_info(NULL, 0, &info), PAGER_ERR_INVALID_ARGUMENT);
   CHECK_STATUS(pager_acquire(NULL, 0, &t), PAGER_ERR_INVALID_ARGUMENT);
@@ -222,6 +224,7 @@ static void handles(const char *model) {
   uint32_t id;
   pager_tensor_t t3;
   pager_stats_t s;
+  pager_stats_init(&s);
   CHECK_STATUS(pager_acquire(p, 0, &t3), PAGER_ERR_CLOSED);
   CHECK_STATUS(pager_find(p, "token_embd.weight", &id), PAGER_ERR_CLOSED);
   CHECK_STATUS(pager_get_stats(p, &s), PAGER_ERR_CLOSED);
@@ -266,6 +269,7 @@ static void budget_rules(const char *model) {
   CHECK_OK(pager_release(p, &tb));
   CHECK_OK(pager_set_budget(p, 0));
   pager_stats_t s;
+  pager_stats_init(&s);
   CHECK_OK(pager_get_stats(p, &s));
   CHECK(s.budget_bytes == 0 && s.misses == 3 && s.in_use_bytes == 0);
   CHECK_OK(pager_set_budget(p, 1));
@@ -292,8 +296,21 @@ static void ranges(const char *model) {
   CHECK_STATUS(pager_read(p, 999999, 0, row, sizeof row), PAGER_ERR_INVALID_ARGUMENT);
   CHECK_OK(pager_read(p, 1, 16, row, sizeof row));
   pager_stats_t s;
+  pager_stats_init(&s);
   CHECK_OK(pager_get_stats(p, &s));
   CHECK(s.resident_bytes == 0 && s.bytes_read == sizeof row);
+  /* The stats are versioned: an unset struct_size is refused, a caller
+   * built against an older, shorter struct gets only what it holds. */
+  pager_stats_t unset;
+  memset(&unset, 0, sizeof unset);
+  CHECK_STATUS(pager_get_stats(p, &unset), PAGER_ERR_INVALID_ARGUMENT);
+  pager_stats_t older;
+  memset(&older, 0xAB, sizeof older);
+  older.struct_size = (uint32_t)offsetof(pager_stats_t, bytes_read);
+  CHECK_OK(pager_get_stats(p, &older));
+  CHECK(older.struct_size == offsetof(pager_stats_t, bytes_read) && older.misses == s.misses);
+  pager_stats_init(NULL);
+  CHECK(older.bytes_read == 0xABABABABABABABABull && older.wait_ns == 0xABABABABABABABABull);
   pager_tensor_t t;
   CHECK_OK(pager_acquire(p, 1, &t));
   if (t.data) CHECK(memcmp(row, (const unsigned char *)t.data + 16, sizeof row) == 0);

@@ -51,6 +51,7 @@ static void *worker(void *arg) {
         break;
       case 3: {
         pager_stats_t s;
+        pager_stats_init(&s);
         st = pager_get_stats(w->pager, &s);
         if (st != PAGER_OK && st != PAGER_ERR_CLOSED) w->unexpected++;
         break;

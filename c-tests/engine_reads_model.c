@@ -66,11 +66,13 @@ int main(int argc, char **argv) {
         CHECK_OK(pager_release(p, &t));
         CHECK(t.data == NULL && t.ticket == 0);
         pager_stats_t s;
+        pager_stats_init(&s);
         CHECK_OK(pager_get_stats(p, &s));
         CHECK(s.resident_bytes <= opts.budget_bytes);
       }
     }
     pager_stats_t s;
+    pager_stats_init(&s);
     CHECK_OK(pager_get_stats(p, &s));
     CHECK(s.hits + s.misses == 2 * n);
     CHECK(s.peak_resident_bytes <= opts.budget_bytes);

@@ -163,6 +163,7 @@ static double run(const char *path, const routing *r, double share, uint32_t rea
       CHECK_OK(pager_split_experts(p, (uint32_t)(b * (DENSE + 3) + DENSE + part), EXPERTS, &first[b][part]));
   uint64_t accessed = 0, read_at_warm = 0;
   pager_stats_t s;
+  pager_stats_init(&s);
   int mismatches = 0;
   for (int t = 0; t < TOKENS; t++) {
     if (t == TOKENS / 10) {

@@ -93,6 +93,7 @@ static void demand_beats_read_aheads(uint32_t wait_ms) {
   if (t.data) CHECK(memcmp(t.data, s.bytes, MIB) == 0);
   CHECK_OK(pager_release(p, &t));
   pager_stats_t st;
+  pager_stats_init(&st);
   CHECK_OK(pager_get_stats(p, &st));
   CHECK(st.peak_resident_bytes <= o.budget_bytes);
   pager_close(p);
@@ -153,6 +154,7 @@ static void *sweep(void *arg) {
       if (t.size != info.size || (t.size && memcmp(t.data, w->file + info.offset, t.size) != 0))
         w->bad_bytes++;
       pager_stats_t s;
+      pager_stats_init(&s);
       if (pager_get_stats(w->pager, &s) != PAGER_OK || s.resident_bytes > w->budget ||
           s.peak_resident_bytes > w->budget)
         w->over_budget++;
@@ -236,6 +238,7 @@ static void run_config(const char *path, const unsigned char *file, uint32_t io_
   }
   if (pinned) CHECK_OK(pager_unpin(p, smallest_id));
   pager_stats_t s;
+  pager_stats_init(&s);
   CHECK_OK(pager_get_stats(p, &s));
   CHECK(s.peak_resident_bytes <= budget);
   CHECK(s.in_use_bytes == 0);

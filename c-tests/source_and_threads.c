@@ -145,6 +145,7 @@ int main(int argc, char **argv) {
     CHECK(args[i].failures == 0);
   }
   pager_stats_t s;
+  pager_stats_init(&s);
   CHECK_OK(pager_get_stats(p, &s));
   CHECK(s.peak_resident_bytes <= o.budget_bytes);
   CHECK(s.in_use_bytes == 0);

@@ -165,7 +165,8 @@ int main(int argc, char ** argv) {
 
     // The prompt, then one token at a time; figures count the generation.
     llama_batch batch = llama_batch_get_one(tokens.data(), (int32_t) tokens.size());
-    pager_stats_t before = {};
+    pager_stats_t before;
+    pager_stats_init(&before);
     double cpu_before = 0;
     auto t_before = std::chrono::steady_clock::now();
     int n_generated = 0;
@@ -210,6 +211,7 @@ int main(int argc, char ** argv) {
     }
     if (pager) {
         pager_stats_t after;
+        pager_stats_init(&after);
         pager_get_stats(layerpager_ggml_pager(pager), &after);
         const uint64_t model_bytes = layerpager_ggml_model_bytes(pager);
         const uint64_t bound = model_bytes > budget && budget > 0 ? model_bytes - budget : 0;

@@ -225,9 +225,16 @@ typedef struct pager_tensor_t {
 } pager_tensor_t;
 
 /**
- * Counters and gauges of a pager.
+ * Counters and gauges of a pager. Versioned like the options: prepare it
+ * with `pager_stats_init` (or set `struct_size = sizeof(pager_stats_t)`)
+ * before `pager_get_stats`, which writes only the fields that size holds,
+ * so that later versions can append fields.
  */
 typedef struct pager_stats_t {
+  /**
+   * Set by the caller to `sizeof(pager_stats_t)`; left as it is.
+   */
+  uint32_t struct_size;
   /**
    * Acquisitions served from memory without waiting for a read.
    */
@@ -654,14 +661,26 @@ enum pager_status_t pager_hint(struct pager_t *p, const uint32_t *ids, size_t n)
 enum pager_status_t pager_describe(const struct pager_t *p, char *buf, size_t size, size_t *length);
 
 /**
- * Copies the pager's counters into `*out` (zeroed on failure). Returns `PAGER_OK`, `PAGER_ERR_INVALID_ARGUMENT`,
+ * Prepares `*out` for `pager_get_stats`: every counter 0 and
+ * `struct_size = sizeof(pager_stats_t)`. NULL is ignored. Thread-safe.
+ *
+ * # Safety
+ * `out` is NULL or points to writable memory for a `pager_stats_t`.
+ */
+void pager_stats_init(struct pager_stats_t *out);
+
+/**
+ * Copies the pager's counters into `*out`: as many bytes as
+ * `out->struct_size` says (`pager_stats_init` sets it), the field
+ * itself left as it is; those bytes zeroed on failure. Returns `PAGER_OK`,
+ * `PAGER_ERR_INVALID_ARGUMENT` (`out` NULL, or its `struct_size` below 4),
  * `PAGER_ERR_CLOSED`, `PAGER_ERR_INVALID_HANDLE`. Thread-safe.
  *
  * # Safety
- * `p` as `pager_tensor_count`; `out` NULL or writable.
+ * `p` as `pager_tensor_count`; `out` NULL or writable for `struct_size`
+ * bytes.
  */
-enum pager_status_t pager_get_stats(const struct pager_t *p,
-                                    struct pager_stats_t *out);
+enum pager_status_t pager_get_stats(const struct pager_t *p, struct pager_stats_t *out);
 
 /**
  * Fills `*opts` with the defaults: unlimited budget, `PAGER_POLICY_AUTO`,

@@ -189,7 +189,11 @@ class Pager {
   Status try_info(std::uint32_t id, pager_tensor_info_t *out) const noexcept {
     return Status(pager_tensor_info(p_, id, out));
   }
-  Status try_stats(pager_stats_t *out) const noexcept { return Status(pager_get_stats(p_, out)); }
+  /* Prepares *out with pager_stats_init, then fills it. */
+  Status try_stats(pager_stats_t *out) const noexcept {
+    pager_stats_init(out);
+    return Status(pager_get_stats(p_, out));
+  }
   Status pin(std::uint32_t id) noexcept { return Status(pager_pin(p_, id)); }
   Status unpin(std::uint32_t id) noexcept { return Status(pager_unpin(p_, id)); }
   Status prefetch(std::uint32_t id) noexcept { return Status(pager_prefetch(p_, id)); }

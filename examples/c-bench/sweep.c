@@ -120,6 +120,7 @@ static int run(const char *path, const config *c, double fraction, int passes, d
   }
   long peak = rss_kb("VmHWM:") - rss_before;
   pager_stats_t s;
+  pager_stats_init(&s);
   pager_get_stats(p, &s);
   uint64_t keep = budget < model ? budget : model;
   uint64_t bound = model + (uint64_t)(passes - 1) * (model - keep);

@@ -204,6 +204,7 @@ SweepResult sweep(const char * path, double fraction, int passes, uint32_t reade
     }
     double secs = seconds_since(t0);
     pager_stats_t s;
+    pager_stats_init(&s);
     pager_get_stats(p, &s);
     r.gbps = double(copied) / secs / 1e9;
     r.peak_resident = s.peak_resident_bytes;

@@ -456,21 +456,67 @@ pub unsafe extern "C" fn pager_describe(
     })
 }
 
-/// Copies the pager's counters into `*out` (zeroed on failure). Returns `PAGER_OK`, `PAGER_ERR_INVALID_ARGUMENT`,
+/// Prepares `*out` for `pager_get_stats`: every counter 0 and
+/// `struct_size = sizeof(pager_stats_t)`. NULL is ignored. Thread-safe.
+///
+/// # Safety
+/// `out` is NULL or points to writable memory for a `pager_stats_t`.
+#[no_mangle]
+pub unsafe extern "C" fn pager_stats_init(out: *mut pager_stats_t) {
+    let _ = run(|| {
+        let out = non_null_mut(out, "out")?;
+        // SAFETY: non-NULL; the caller provides a whole pager_stats_t.
+        unsafe {
+            out.write(pager_stats_t {
+                struct_size: std::mem::size_of::<pager_stats_t>() as u32,
+                ..pager_stats_t::default()
+            })
+        };
+        Ok(())
+    });
+}
+
+/// Copies the pager's counters into `*out`: as many bytes as
+/// `out->struct_size` says (`pager_stats_init` sets it), the field
+/// itself left as it is; those bytes zeroed on failure. Returns `PAGER_OK`,
+/// `PAGER_ERR_INVALID_ARGUMENT` (`out` NULL, or its `struct_size` below 4),
 /// `PAGER_ERR_CLOSED`, `PAGER_ERR_INVALID_HANDLE`. Thread-safe.
 ///
 /// # Safety
-/// `p` as `pager_tensor_count`; `out` NULL or writable.
+/// `p` as `pager_tensor_count`; `out` NULL or writable for `struct_size`
+/// bytes.
 #[no_mangle]
 pub unsafe extern "C" fn pager_get_stats(p: *const pager_t, out: *mut pager_stats_t) -> pager_status_t {
-    if !out.is_null() {
-        // SAFETY: non-NULL and writable per the contract.
-        unsafe { out.write(pager_stats_t::default()) };
-    }
+    // SAFETY: struct_size is the first field of every version of the struct,
+    // and out is NULL or writable per the contract.
+    let size = (!out.is_null()).then(|| unsafe { std::ptr::addr_of!((*out).struct_size).read_unaligned() });
+    // The counters start after `struct_size` and its padding.
+    let first = std::mem::offset_of!(pager_stats_t, hits);
+    let field = std::mem::size_of::<u32>();
+    let n = size.map_or(0, |s| (s as usize).min(std::mem::size_of::<pager_stats_t>()));
+    let fill = |stats: pager_stats_t| {
+        if n > first {
+            // SAFETY: the caller's struct holds `struct_size >= n` bytes;
+            // the counters' bytes are copied from ours.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    (&stats as *const pager_stats_t as *const u8).add(first),
+                    (out as *mut u8).add(first),
+                    n - first,
+                )
+            };
+        }
+    };
+    fill(pager_stats_t::default());
     on_open(p, |_, pager| {
-        let out = non_null_mut(out, "out")?;
-        // SAFETY: as above.
-        unsafe { out.write(pager.stats().into()) };
+        non_null_mut(out, "out")?;
+        if n < field {
+            return Err(Error::InvalidArgument(format!(
+                "out->struct_size is {}: set it to sizeof(pager_stats_t)",
+                size.unwrap_or(0)
+            )));
+        }
+        fill(pager.stats().into());
         Ok(())
     })
 }

@@ -173,10 +173,15 @@ pub struct pager_tensor_t {
     pub ticket: u64,
 }
 
-/// Counters and gauges of a pager.
+/// Counters and gauges of a pager. Versioned like the options: prepare it
+/// with `pager_stats_init` (or set `struct_size = sizeof(pager_stats_t)`)
+/// before `pager_get_stats`, which writes only the fields that size holds,
+/// so that later versions can append fields.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct pager_stats_t {
+    /// Set by the caller to `sizeof(pager_stats_t)`; left as it is.
+    pub struct_size: u32,
     /// Acquisitions served from memory without waiting for a read.
     pub hits: u64,
     /// Acquisitions that had to read the tensor or wait for its read.
@@ -213,6 +218,7 @@ pub struct pager_stats_t {
 impl From<Stats> for pager_stats_t {
     fn from(s: Stats) -> Self {
         pager_stats_t {
+            struct_size: std::mem::size_of::<pager_stats_t>() as u32,
             hits: s.hits,
             misses: s.misses,
             prefetch_hits: s.prefetch_hits,

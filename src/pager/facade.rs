@@ -11,7 +11,7 @@ use super::acquisitions::{random_salt, Acquisition, TicketedAcquisition};
 use super::budget::EvictState;
 use super::follow::MemoryFollower;
 use super::options::{PagerOptions, Stats};
-use super::slot::{in_use_of, Slot};
+use super::slot::{in_use_of, state_of, Slot, ABSENT};
 use super::Inner;
 use crate::error::{Error, Result};
 use crate::index::{self, TensorIndex, TensorInfo};
@@ -266,6 +266,10 @@ impl Pager {
     pub fn prefetch(&self, id: u32) -> Result<()> {
         self.inner.check_open()?;
         let info = self.inner.info(id)?;
+        if state_of(self.inner.slot_unchecked(id).load_word()) != ABSENT {
+            // Resident or being read already: nothing to ask of anyone.
+            return Ok(());
+        }
         let queued = self.inner.readers.as_ref().is_some_and(|r| r.enqueue(id));
         if !queued {
             self.inner.source.advise_willneed(info.offset, info.size);

@@ -171,8 +171,9 @@ impl Inner {
             self.release_slot(id);
             return Ok(());
         }
-        self.source.verify_unchanged()?;
+        // The check that the file is still the one indexed is part of the read.
         let started = Instant::now();
+        self.source.verify_unchanged()?;
         self.source
             .read_exact_at(info.offset + offset, dst)
             .map_err(|e| annotate(e, &self.label(id)))?;
@@ -255,8 +256,10 @@ impl Inner {
         }
         let charge = self.slot_unchecked(id).charge.load(Ordering::Relaxed);
         let read = move || -> Result<(Residence, *mut u8)> {
-            self.source.verify_unchanged()?;
+            // The check that the file is still the one indexed is part of
+            // the read.
             let started = Instant::now();
+            self.source.verify_unchanged()?;
             let out = if let Some(map) = mapped {
                 self.source.advise_willneed(info.offset, info.size);
                 let bytes = &map[info.offset as usize..(info.offset + info.size) as usize];

@@ -107,6 +107,28 @@ pub(super) struct Experts {
     state: Mutex<ExpertState>,
 }
 
+/// What is known of one expert slice's use.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Expert {
+    /// Pass of the latest use + 1 (0: never used), and of the use before.
+    pub(super) last: u64,
+    prev: u64,
+    /// Cursor of the latest use + 1 (0: never used).
+    pub(super) last_cursor: u64,
+    /// Passes in which the slice was used.
+    pub(super) uses: u64,
+    /// Passes after a use that have been seen, and how many reused it.
+    trials: u64,
+    repeats: u64,
+    /// Decayed count of uses, as of pass `popularity_pass`.
+    popularity: f64,
+    popularity_pass: u64,
+    /// While hinted and not yet used: the cursor position the hint expires at.
+    hinted_until: u64,
+    /// Whether the router ever hinted the expert.
+    hint_given: bool,
+}
+
 /// What is known of the experts' use, and the shadow simulations.
 pub(super) struct ExpertState {
     /// Tensor sizes in bytes, by id.
@@ -121,21 +143,11 @@ pub(super) struct ExpertState {
     since_sweep: u64,
     /// POPULARITY_DECAY^n for n < DECAY_TABLE.
     decay: Vec<f64>,
-    /// Pass of the latest use + 1 (0: never used), and of the use before.
-    pub(super) last: Vec<u64>,
-    /// Cursor of the latest use + 1 (0: never used).
-    pub(super) last_cursor: Vec<u64>,
-    prev: Vec<u64>,
-    /// Passes in which the slice was used.
-    pub(super) uses: Vec<u64>,
-    /// Passes after a use that have been seen, and how many reused it.
-    trials: Vec<u64>,
-    repeats: Vec<u64>,
+    /// What is known of each slice, by id: one record, so that a use
+    /// touches one or two cache lines however many experts there are.
+    pub(super) stats: Vec<Expert>,
     all_trials: u64,
     all_repeats: u64,
-    /// Decayed count of uses, as of pass `popularity_pass`.
-    popularity: Vec<f64>,
-    popularity_pass: Vec<u64>,
     /// The first pass any expert was used in.
     first_pass: Option<u64>,
     /// The latest pass an expert was used in; the pass before it is swept.
@@ -147,10 +159,6 @@ pub(super) struct ExpertState {
     /// The chance of reuse by age bucket alone, from `table` as of the
     /// latest sweep.
     by_age: [f64; AGES],
-    /// While hinted and not yet used: the cursor position the hint expires at.
-    hinted_until: Vec<u64>,
-    /// Whether the router ever hinted the expert.
-    hint_given: Vec<bool>,
     /// Hinted experts evicted before their use.
     pub(super) hinted_evictions: u64,
     /// The shadow simulations and the ranking they chose.
@@ -176,23 +184,14 @@ impl Experts {
                 decay: std::iter::successors(Some(1.0f64), |p| Some(p * POPULARITY_DECAY))
                     .take(DECAY_TABLE)
                     .collect(),
-                last: Vec::new(),
-                last_cursor: Vec::new(),
-                prev: Vec::new(),
-                uses: Vec::new(),
-                trials: Vec::new(),
-                repeats: Vec::new(),
+                stats: Vec::new(),
                 all_trials: 0,
                 all_repeats: 0,
-                popularity: Vec::new(),
-                popularity_pass: Vec::new(),
                 first_pass: None,
                 current_pass: 0,
                 mean_rate: 0.0,
                 table: [[(0.0, 0.0); CLASSES]; AGES],
                 by_age: [0.5; AGES],
-                hinted_until: Vec::new(),
-                hint_given: Vec::new(),
                 hinted_evictions: 0,
                 duel: Duel::default(),
                 chooser: VictimChooser::default(),
@@ -259,16 +258,7 @@ impl ExpertState {
             return;
         }
         self.size.resize(n, 0);
-        self.last.resize(n, 0);
-        self.last_cursor.resize(n, 0);
-        self.prev.resize(n, 0);
-        self.uses.resize(n, 0);
-        self.trials.resize(n, 0);
-        self.repeats.resize(n, 0);
-        self.popularity.resize(n, 0.0);
-        self.popularity_pass.resize(n, 0);
-        self.hinted_until.resize(n, 0);
-        self.hint_given.resize(n, false);
+        self.stats.resize(n, Expert::default());
     }
 
     /// Tensors from `first` on have these sizes.
@@ -283,36 +273,36 @@ impl ExpertState {
     /// counted). Returns whether a pass was closed.
     pub(super) fn used(&mut self, id: u32, pass: u64, cursor: u64) -> bool {
         let i = id as usize;
-        if i >= self.last.len() {
+        if i >= self.stats.len() {
             return false;
         }
-        if pass + 1 < self.last[i] {
+        if pass + 1 < self.stats[i].last {
             // Applied late, after a later use of the same expert.
             return false;
         }
-        self.hinted_until[i] = 0;
-        self.last_cursor[i] = self.last_cursor[i].max(cursor + 1);
+        self.stats[i].hinted_until = 0;
+        self.stats[i].last_cursor = self.stats[i].last_cursor.max(cursor + 1);
         let first = *self.first_pass.get_or_insert(pass);
         let closed = pass > self.current_pass && self.current_pass >= first;
         if closed {
             self.close_pass(self.current_pass);
         }
         self.current_pass = self.current_pass.max(pass);
-        let before = self.last[i];
+        let before = self.stats[i].last;
         if before == pass + 1 {
             return closed;
         }
-        self.prev[i] = before;
-        self.last[i] = pass + 1;
-        self.uses[i] += 1;
+        self.stats[i].prev = before;
+        self.stats[i].last = pass + 1;
+        self.stats[i].uses += 1;
         self.since_sweep += 1;
-        self.popularity[i] = self.popularity_at(i, pass) + 1.0;
-        self.popularity_pass[i] = pass;
+        self.stats[i].popularity = self.popularity_at(i, pass) + 1.0;
+        self.stats[i].popularity_pass = pass;
         if before != 0 {
-            self.trials[i] += 1;
+            self.stats[i].trials += 1;
             self.all_trials += 1;
             if before == pass {
-                self.repeats[i] += 1;
+                self.stats[i].repeats += 1;
                 self.all_repeats += 1;
             }
         }
@@ -353,10 +343,10 @@ impl ExpertState {
         }
         for (k, &id) in self.swept.iter().enumerate() {
             let i = id as usize;
-            let (since, reused) = if self.last[i] == pass + 1 {
-                (self.prev[i], 1.0)
+            let (since, reused) = if self.stats[i].last == pass + 1 {
+                (self.stats[i].prev, 1.0)
             } else {
-                (self.last[i], 0.0)
+                (self.stats[i].last, 0.0)
             };
             let age = age_bucket(since, pass);
             let class = class_of(rates[k], self.mean_rate);
@@ -373,8 +363,8 @@ impl ExpertState {
     }
 
     fn popularity_at(&self, i: usize, pass: u64) -> f64 {
-        let elapsed = pass.saturating_sub(self.popularity_pass[i]);
-        self.popularity[i] * self.decay_pow(elapsed)
+        let elapsed = pass.saturating_sub(self.stats[i].popularity_pass);
+        self.stats[i].popularity * self.decay_pow(elapsed)
     }
 
     /// The decayed usage rate of slice `i` as of `pass`, in uses per pass.
@@ -389,22 +379,22 @@ impl ExpertState {
     /// usage rate of [`Ranking::Reuse`] divides by.
     pub(super) fn chance(&self, id: u32, next_pass: u64, passes: u64, ranking: Ranking) -> f64 {
         let i = id as usize;
-        if i >= self.last.len() {
+        if i >= self.stats.len() {
             return 1.0;
         }
         let chance = match ranking {
             Ranking::Reuse | Ranking::Lru | Ranking::Frequency => {
-                let q = (self.uses[i] as f64 + 1.0) / (passes as f64 + 2.0);
-                if self.last[i] != 0 && self.last[i] == next_pass {
+                let q = (self.stats[i].uses as f64 + 1.0) / (passes as f64 + 2.0);
+                if self.stats[i].last != 0 && self.stats[i].last == next_pass {
                     (self.reuse_probability(i, next_pass) + q) / 2.0
                 } else {
                     q
                 }
             }
             Ranking::Popularity => self.rate(i, next_pass.saturating_sub(1)),
-            Ranking::Recency => self.by_age[age_bucket(self.last[i], next_pass)],
+            Ranking::Recency => self.by_age[age_bucket(self.stats[i].last, next_pass)],
             Ranking::Joint => {
-                let age = age_bucket(self.last[i], next_pass);
+                let age = age_bucket(self.stats[i].last, next_pass);
                 let marginal = self.by_age[age];
                 let class = class_of(self.rate(i, next_pass.saturating_sub(1)), self.mean_rate);
                 let (reused, trials) = self.table[age][class];
@@ -432,33 +422,35 @@ impl ExpertState {
     /// as of pass `pass`: its own counts, with a prior at the rate all
     /// experts show (so a rarely seen expert starts from the typical rate).
     fn reuse_probability(&self, i: usize, pass: u64) -> f64 {
-        let mut trials = self.trials[i];
+        let mut trials = self.stats[i].trials;
         // A use whose next pass went by without it is a failed trial not yet counted.
-        if self.last[i] != 0 && self.last[i] < pass {
+        if self.stats[i].last != 0 && self.stats[i].last < pass {
             trials += 1;
         }
         let typical = (self.all_repeats as f64 + 1.0) / (self.all_trials as f64 + 2.0);
-        (self.repeats[i] as f64 + PRIOR * typical) / (trials as f64 + PRIOR)
+        (self.stats[i].repeats as f64 + PRIOR * typical) / (trials as f64 + PRIOR)
     }
 
     /// Slice `id` was named by the router: protect it until it is used or
     /// the cursor reaches `until`.
     pub(super) fn hint(&mut self, id: u32, until: u64) {
-        if let Some(h) = self.hinted_until.get_mut(id as usize) {
-            *h = until;
-            self.hint_given[id as usize] = true;
+        if let Some(e) = self.stats.get_mut(id as usize) {
+            e.hinted_until = until;
+            e.hint_given = true;
         }
     }
 
     /// Whether a read of slice `id` queued by a hint is stale: the router
     /// hinted it, and it has been used (or its block passed) since.
     pub(super) fn hint_is_stale(&self, id: u32, cursor: u64) -> bool {
-        self.hint_given.get(id as usize).copied().unwrap_or(false) && !self.is_hinted(id, cursor)
+        self.stats.get(id as usize).is_some_and(|e| e.hint_given) && !self.is_hinted(id, cursor)
     }
 
     /// Whether slice `id` is hinted and not yet used, at cursor `cursor`.
     pub(super) fn is_hinted(&self, id: u32, cursor: u64) -> bool {
-        self.hinted_until.get(id as usize).is_some_and(|&u| u > cursor)
+        self.stats
+            .get(id as usize)
+            .is_some_and(|e| e.hinted_until > cursor)
     }
 }
 

@@ -6,8 +6,12 @@
 /// Steps of the second pass that must match the first before a learned
 /// cycle is adopted.
 pub(super) const CONFIRM: usize = 8;
-/// Longest acquire stream kept while looking for a cycle.
-const MAX_TRACE: usize = 1 << 20;
+/// Steps of the stream looked at for a cycle, per tensor of the model
+/// (plus [`LEARN_SLACK`]): a stream that follows a pass shows its cycle
+/// within about two passes; one that does not (random acquires) would
+/// otherwise keep every acquire on the learner's lock.
+const LEARN_STEPS_PER_TENSOR: usize = 8;
+const LEARN_SLACK: usize = 4096;
 
 pub(super) struct Schedule {
     pub(super) ids: Vec<u32>,
@@ -72,21 +76,37 @@ pub(super) enum Learned {
     Nothing,
     /// A cycle: its ids, and the index in it of the latest access.
     Cycle(Vec<u32>, u64),
-    /// No cycle in [`MAX_TRACE`] accesses: stop looking.
+    /// No cycle in the steps looked at: stop looking.
     GaveUp,
 }
 
 /// Finds the cycle in the acquire stream: the first id of the stream marks
 /// its start, and a cycle is adopted once the stream has repeated its first
 /// [`CONFIRM`] steps.
-#[derive(Default)]
 pub(super) struct Learner {
     trace: Vec<u32>,
     /// Positions j > 0 where the stream met its first id again, still matching.
     candidates: Vec<usize>,
+    /// Steps looked at before giving up.
+    limit: usize,
 }
 
 impl Learner {
+    /// A learner for a model of `tensors` tensors.
+    pub(super) fn new(tensors: usize) -> Self {
+        Learner {
+            trace: Vec::new(),
+            candidates: Vec::new(),
+            limit: tensors.saturating_mul(LEARN_STEPS_PER_TENSOR) + LEARN_SLACK,
+        }
+    }
+
+    /// Forgets the stream seen so far.
+    pub(super) fn restart(&mut self) {
+        self.trace.clear();
+        self.candidates.clear();
+    }
+
     /// The id of the latest step seen.
     pub(super) fn last(&self) -> Option<u32> {
         self.trace.last().copied()
@@ -113,10 +133,10 @@ impl Learner {
         });
         if let Some((c, k)) = adopted {
             let ids = self.trace[..c].to_vec();
-            *self = Learner::default();
+            self.restart();
             Learned::Cycle(ids, k as u64)
-        } else if self.trace.len() >= MAX_TRACE {
-            *self = Learner::default();
+        } else if self.trace.len() >= self.limit {
+            self.restart();
             Learned::GaveUp
         } else {
             Learned::Nothing

@@ -66,7 +66,7 @@ impl ScheduleAware {
             kept: Mutex::new(Vec::new()),
             cursor: AtomicU64::new(0),
             learning: AtomicBool::new(learn),
-            learner: Mutex::new(Learner::default()),
+            learner: Mutex::new(Learner::new(n)),
             learner_last: AtomicU32::new(u32::MAX),
             experts: {
                 let e = Experts::new();
@@ -188,7 +188,7 @@ impl ScheduleAware {
         let len = s.len();
         let age = || {
             if slice {
-                match st.last_cursor.get(id as usize).copied().unwrap_or(0) {
+                match st.stats.get(id as usize).map_or(0, |e| e.last_cursor) {
                     0 => u64::MAX,
                     c => cursor.saturating_sub(c - 1),
                 }
@@ -200,7 +200,7 @@ impl ScheduleAware {
             Ranking::Lru => return age(),
             Ranking::Frequency => {
                 let uses = if slice {
-                    st.uses.get(id as usize).copied().unwrap_or(0)
+                    st.stats.get(id as usize).map_or(0, |e| e.uses)
                 } else {
                     cursor / len
                 };
@@ -306,7 +306,8 @@ impl ScheduleAware {
                 self.learning.store(false, Ordering::Relaxed);
                 self.install(Some(Schedule::new(ids, false, 0)), at);
             }
-            // No cycle in a million acquisitions: stay with frequency admission.
+            // No cycle where a pass would have shown one: keep the order
+            // guessed from the names, or frequency admission.
             Learned::GaveUp => self.learning.store(false, Ordering::Relaxed),
         }
     }
@@ -329,7 +330,7 @@ impl ScheduleAware {
     fn forget_learned(&self) {
         self.install(None, 0);
         if self.learn {
-            *self.learner.lock().unwrap_or_else(|e| e.into_inner()) = Learner::default();
+            self.learner.lock().unwrap_or_else(|e| e.into_inner()).restart();
             self.learner_last.store(u32::MAX, Ordering::Relaxed);
             self.learning.store(true, Ordering::Relaxed);
         }
