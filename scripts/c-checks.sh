@@ -36,6 +36,7 @@ run_all() { # prefix...
   "$@" "$work/readahead_stress" "$work/fixtures/llama_q4k.gguf" "${stress_size:-}"
   "$@" "$work/abuse_files" "$work/damaged"
   "$@" "$work/double_include"
+  "$@" "$work/moe_stress" "$work/scratch" "${stress_size:-}"
   # Thousands of reads: under AddressSanitizer only, not valgrind.
   [ -n "${stress_size:-}" ] || "$@" "$work/moe_outside" "$work/scratch"
 }
@@ -49,6 +50,7 @@ build_all() { # flags
   build abuse_files "$1" abuse_files.c
   build double_include "$1" double_include_a.c double_include_b.c
   build moe_outside "$1" moe_outside.c
+  build moe_stress "$1" moe_stress.c
 }
 
 if [ "$what" = asan ] || [ "$what" = all ]; then

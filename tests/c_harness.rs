@@ -175,6 +175,13 @@ fn c_outside_moe_program_reaches_issue_13s_hit_ratios() {
 }
 
 #[test]
+fn c_expert_slices_hold_under_threads_readers_io_modes_and_tight_budgets() {
+    let exe = build("moe_stress", &["moe_stress.c"], false);
+    let scratch = tempfile::tempdir().unwrap();
+    run(&exe, &[scratch.path().as_os_str(), "quick".as_ref()]);
+}
+
+#[test]
 fn c_calls_during_close_and_open_close_cycles() {
     for cpp in [false, true] {
         let exe = build("close_race", &["close_race.c"], cpp);
