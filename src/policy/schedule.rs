@@ -25,7 +25,7 @@ use std::sync::Mutex;
 use super::candidates::Candidates;
 use super::experts::{ExpertState, Experts, Ranking};
 use super::order::{Learned, Learner, Schedule};
-use super::uses::{Use, Uses};
+use super::uses::{Use, Uses, What};
 use super::{EvictionPolicy, FrequencyAdmission};
 
 /// Belady's rule on the declared or learned pass order; frequency admission
@@ -98,9 +98,8 @@ impl ScheduleAware {
     #[inline]
     fn record(&self, s: &Schedule, id: u32) {
         self.uses.push(Use {
-            slice: Some(id),
+            what: What::Slice(id),
             at: self.cursor.load(Ordering::Relaxed),
-            to: 0,
             schedule: s.serial,
         });
     }
@@ -144,9 +143,16 @@ impl ScheduleAware {
             let Some(s) = self.schedule().filter(|s| s.serial == u.schedule) else {
                 continue;
             };
-            let Some(id) = u.slice else {
-                self.feed_shadows(st, s, (u.at, u.to), None);
-                continue;
+            let id = match u.what {
+                What::Slice(id) => id,
+                What::Dense { to } => {
+                    self.feed_shadows(st, s, (u.at, to), None);
+                    continue;
+                }
+                What::Hint { id, until } => {
+                    st.hint(id, until);
+                    continue;
+                }
             };
             let Some((cur, new)) = self.advance(s, self.experts.key(id)) else {
                 continue;
@@ -365,9 +371,8 @@ impl EvictionPolicy for ScheduleAware {
         if self.experts.any() {
             // The shadows replay the dense tensors passed.
             self.uses.push(Use {
-                slice: None,
+                what: What::Dense { to: new },
                 at: cur,
-                to: new,
                 schedule: s.serial,
             });
         }
@@ -403,11 +408,18 @@ impl EvictionPolicy for ScheduleAware {
             return;
         }
         let Some(s) = self.schedule() else { return };
-        let until = self.cursor.load(Ordering::Relaxed) + s.len();
-        let mut st = self.experts.lock();
-        self.apply_uses(&mut st);
+        // Queued like the uses (no lock: engine threads hint every layer),
+        // and applied before anything that reads them.
+        let at = self.cursor.load(Ordering::Relaxed);
         for &id in ids.iter().filter(|&&id| self.experts.parent(id).is_some()) {
-            st.hint(id, until);
+            self.uses.push(Use {
+                what: What::Hint {
+                    id,
+                    until: at + s.len(),
+                },
+                at,
+                schedule: s.serial,
+            });
         }
     }
 
@@ -479,7 +491,7 @@ impl EvictionPolicy for ScheduleAware {
         self.apply_uses(&mut st);
         let dropped = match self.uses.dropped() {
             0 => String::new(),
-            n => format!(", {n} expert uses not counted (no eviction for a thousand hits)"),
+            n => format!(", {n} expert uses and hints not counted (no eviction for a thousand hits)"),
         };
         format!(
             "{order}; experts ranked by {} (shadow duel), {} hinted experts evicted before use{dropped}",

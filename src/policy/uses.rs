@@ -1,6 +1,7 @@
-//! Expert uses recorded on the hit path and applied later: an expert's hit
-//! pushes one record into a bounded lock-free queue (one of several, by
-//! thread, so that two engine threads do not write the same cache line),
+//! Expert uses and router hints recorded on the hot path and applied later:
+//! an expert's hit (or a hint) pushes one record into a bounded lock-free
+//! queue (one of several, by thread, so that two engine threads do not
+//! write the same cache line),
 //! and whoever takes the experts' lock next (a miss, a hint, a reader
 //! asking whether a read is still wanted) applies them in the order of the
 //! schedule. A hit therefore costs what a dense hit costs plus one queue
@@ -18,15 +19,24 @@ const STRIPES: usize = 8;
 /// Records one queue holds.
 const CAPACITY: usize = 1024;
 
-/// One access the policy has not applied yet.
+/// What was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum What {
+    /// An expert slice was used.
+    Slice(u32),
+    /// A dense tensor's miss moved the position to `to`.
+    Dense { to: u64 },
+    /// The router hinted expert slice `id`, needed before position `until`.
+    Hint { id: u32, until: u64 },
+}
+
+/// One access (or hint) the policy has not applied yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Use {
-    /// The expert slice used, or `None` for a dense tensor's miss.
-    pub(super) slice: Option<u32>,
-    /// The schedule position when the use was recorded (the order in which
-    /// uses are applied), and for a dense miss the position it moved to.
+    pub(super) what: What,
+    /// The schedule position when it was recorded (the order in which
+    /// records are applied).
     pub(super) at: u64,
-    pub(super) to: u64,
     /// The schedule the positions belong to (a new schedule starts its
     /// positions afresh).
     pub(super) schedule: u64,
@@ -124,9 +134,8 @@ mod tests {
         let uses = Uses::default();
         assert!(uses.is_empty());
         let record = |at| Use {
-            slice: Some(at as u32),
+            what: What::Slice(at as u32),
             at,
-            to: 0,
             schedule: 1,
         };
         for at in [5, 3, 9, 3] {
