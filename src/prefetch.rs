@@ -63,20 +63,27 @@ impl Shared {
         }
     }
 
-    /// Queues `id`; returns false if the readers are stopping.
-    pub(crate) fn enqueue(&self, id: u32) -> bool {
+    /// Queues `ids`, in order, with one lock and one wake-up; returns false
+    /// if the readers are stopping.
+    pub(crate) fn enqueue(&self, ids: &[u32]) -> bool {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         if q.stop {
             return false;
         }
-        if !q.ids.contains(&id) {
-            if q.ids.len() >= QUEUE_LIMIT {
-                q.ids.pop_front();
+        for &id in ids {
+            if !q.ids.contains(&id) {
+                if q.ids.len() >= QUEUE_LIMIT {
+                    q.ids.pop_front();
+                }
+                q.ids.push_back(id);
             }
-            q.ids.push_back(id);
         }
         drop(q);
-        self.ready.notify_one();
+        match ids.len() {
+            0 => {}
+            1 => self.ready.notify_one(),
+            _ => self.ready.notify_all(),
+        }
         true
     }
 }

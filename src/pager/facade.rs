@@ -265,16 +265,26 @@ impl Pager {
     /// start reading the range into the page cache.
     pub fn prefetch(&self, id: u32) -> Result<()> {
         self.inner.check_open()?;
-        let info = self.inner.info(id)?;
-        if state_of(self.inner.slot_unchecked(id).load_word()) != ABSENT {
-            // Resident or being read already: nothing to ask of anyone.
-            return Ok(());
-        }
-        let queued = self.inner.readers.as_ref().is_some_and(|r| r.enqueue(id));
-        if !queued {
-            self.inner.source.advise_willneed(info.offset, info.size);
-        }
+        self.inner.info(id)?;
+        self.prefetch_all(&[id]);
         Ok(())
+    }
+
+    /// [`Pager::prefetch`] for valid `ids`, the readers woken once.
+    fn prefetch_all(&self, ids: &[u32]) {
+        // Resident or being read already: nothing to ask of anyone.
+        let absent: Vec<u32> = ids
+            .iter()
+            .copied()
+            .filter(|&id| state_of(self.inner.slot_unchecked(id).load_word()) == ABSENT)
+            .collect();
+        let queued = self.inner.readers.as_ref().is_some_and(|r| r.enqueue(&absent));
+        if !queued {
+            for id in absent {
+                let info = self.inner.info_unchecked(id);
+                self.inner.source.advise_willneed(info.offset, info.size);
+            }
+        }
     }
 
     /// Makes bytes `offset..offset+size` of tensor `parent` a pageable unit
@@ -344,9 +354,7 @@ impl Pager {
             self.inner.info(id)?;
         }
         self.inner.policy.on_hint(ids);
-        for &id in ids {
-            self.prefetch(id)?;
-        }
+        self.prefetch_all(ids);
         Ok(())
     }
 
