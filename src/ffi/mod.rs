@@ -399,10 +399,12 @@ pub unsafe extern "C" fn pager_split_experts(
 }
 
 /// The router's choice for the block about to run: the `n` tensors
-/// (usually expert slices) are read ahead now, in the given order, as
-/// `pager_prefetch` does, and a hinted expert is not evicted before it is
-/// used (or its block has passed); a queued read of a hinted expert already
-/// used is dropped. Statuses as `pager_set_schedule`.
+/// (usually expert slices) that are not resident are read ahead now, in
+/// the given order, as `pager_prefetch` does (the readers woken once), and
+/// a hinted expert is not evicted before it is used (or its block has
+/// passed); a queued read of a hinted expert already used is dropped. Takes
+/// no lock of the policy: the hint is queued and applied before the next
+/// eviction. Statuses as `pager_set_schedule`.
 ///
 /// # Safety
 /// As `pager_set_schedule`.

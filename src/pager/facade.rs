@@ -346,8 +346,10 @@ impl Pager {
         self.inner.add_slots(parent, infos)
     }
 
-    /// Reads `ids` ahead now, in order (the router's choice for the coming
-    /// layers); as [`Pager::prefetch`] for each.
+    /// The router's choice for the coming layers: `ids` that are not
+    /// resident are read ahead now, in order, as [`Pager::prefetch`] does
+    /// (the readers woken once); a hinted expert is kept until it is used
+    /// or its block has passed.
     pub fn hint(&self, ids: &[u32]) -> Result<()> {
         self.inner.check_open()?;
         for &id in ids {
