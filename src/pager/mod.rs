@@ -274,9 +274,22 @@ impl Inner {
                 _ => {}
             }
         }
-        let (mut prefetched, mut in_flight) = (0u64, 0u64);
+        // The read-ahead counters change outside the eviction mutex (a hit
+        // clears the flag, a read ends), each just after or before its
+        // slot's word: they are compared with the slots only in a quiet
+        // moment (no slot being read or in use, the counters unchanged
+        // during the scan).
+        let counters = || {
+            (
+                self.prefetched_bytes.load(Ordering::SeqCst),
+                self.readahead_in_flight.load(Ordering::SeqCst),
+            )
+        };
+        let before = counters();
+        let (mut prefetched, mut in_flight, mut busy) = (0u64, 0u64, false);
         for slot in self.slots.iter() {
             let w = slot.load_word();
+            busy |= state_of(w) == slot::LOADING || in_use_of(w) > 0;
             if w & slot::PREFETCHED != 0 {
                 prefetched += slot.charge.load(Ordering::Relaxed);
                 if state_of(w) == slot::LOADING {
@@ -284,13 +297,10 @@ impl Inner {
                 }
             }
         }
-        if prefetched != self.prefetched_bytes.load(Ordering::Relaxed)
-            || in_flight != self.readahead_in_flight.load(Ordering::Relaxed)
-        {
+        if !busy && counters() == before && (prefetched, in_flight) != before {
             return Err(format!(
                 "read-ahead counters say {} unused and {} in flight, the slots {prefetched} and {in_flight}",
-                self.prefetched_bytes.load(Ordering::Relaxed),
-                self.readahead_in_flight.load(Ordering::Relaxed)
+                before.0, before.1
             ));
         }
         let members = g.charged.len();

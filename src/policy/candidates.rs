@@ -222,11 +222,12 @@ impl VictimChooser {
         let set = candidates.resident();
         let slices = set.slices();
         self.seen.clear();
-        for id in std::mem::take(&mut self.pool) {
+        for &id in &self.pool {
             if set.contains(id) && candidates.is_evictable(id) {
                 self.seen.push((id, key(id)));
             }
         }
+        self.pool.clear();
         for _ in 0..SAMPLE {
             let id = slices[(self.next_random() % slices.len() as u64) as usize];
             if !self.seen.iter().any(|&(s, _)| s == id) && candidates.is_evictable(id) {
