@@ -65,12 +65,14 @@ impl Shared {
 
     /// Queues `ids`, in order, with one lock and one wake-up; returns false
     /// if the readers are stopping.
-    pub(crate) fn enqueue(&self, ids: &[u32]) -> bool {
+    pub(crate) fn enqueue(&self, ids: impl Iterator<Item = u32>) -> bool {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         if q.stop {
             return false;
         }
-        for &id in ids {
+        let mut queued = 0;
+        for id in ids {
+            queued += 1;
             if !q.ids.contains(&id) {
                 if q.ids.len() >= QUEUE_LIMIT {
                     q.ids.pop_front();
@@ -79,7 +81,7 @@ impl Shared {
             }
         }
         drop(q);
-        match ids.len() {
+        match queued {
             0 => {}
             1 => self.ready.notify_one(),
             _ => self.ready.notify_all(),

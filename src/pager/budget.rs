@@ -61,8 +61,8 @@ pub(super) enum Deferred {
     Free(#[allow(dead_code)] TensorBuffer),
     /// A wholly free arena chunk going back to the engine's allocator.
     Chunk(#[allow(dead_code)] FreshChunk),
-    /// A mapped tensor evicted: its pages may go.
-    DontNeed { offset: u64, size: u64 },
+    /// Mapped tensor `id` evicted: its pages may go.
+    DontNeed(u32),
 }
 
 /// What [`EvictState::take_buffer`] found.
@@ -219,8 +219,12 @@ impl Inner {
         let work = std::mem::take(&mut g.deferred);
         drop(g);
         for w in work {
-            if let Deferred::DontNeed { offset, size } = w {
-                self.source.advise_dontneed(offset, size);
+            if let Deferred::DontNeed(id) = w {
+                // Not if it was mapped in again since: its pages are in use.
+                if state_of(self.slot_unchecked(id).load_word()) == ABSENT {
+                    let info = self.info_unchecked(id);
+                    self.source.advise_dontneed(info.offset, info.size);
+                }
             }
         }
     }
@@ -528,13 +532,7 @@ impl Inner {
         drop(sync);
         slot.changed.notify_all();
         match residence {
-            Some(Residence::Mapped) => {
-                let info = self.info_unchecked(id);
-                g.deferred.push(Deferred::DontNeed {
-                    offset: info.offset,
-                    size: info.size,
-                });
-            }
+            Some(Residence::Mapped) => g.deferred.push(Deferred::DontNeed(id)),
             // An arena's range goes back to the arena (dropped here); another
             // buffer is kept for the next load of its size. Either way it
             // stays counted against the budget.

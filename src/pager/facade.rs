@@ -273,12 +273,15 @@ impl Pager {
     /// [`Pager::prefetch`] for valid `ids`, the readers woken once.
     fn prefetch_all(&self, ids: &[u32]) {
         // Resident or being read already: nothing to ask of anyone.
-        let absent: Vec<u32> = ids
+        let absent = ids
             .iter()
             .copied()
-            .filter(|&id| state_of(self.inner.slot_unchecked(id).load_word()) == ABSENT)
-            .collect();
-        let queued = self.inner.readers.as_ref().is_some_and(|r| r.enqueue(&absent));
+            .filter(|&id| state_of(self.inner.slot_unchecked(id).load_word()) == ABSENT);
+        let queued = self
+            .inner
+            .readers
+            .as_ref()
+            .is_some_and(|r| r.enqueue(absent.clone()));
         if !queued {
             for id in absent {
                 let info = self.inner.info_unchecked(id);
