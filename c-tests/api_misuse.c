@@ -61,6 +61,8 @@ static void nulls_everywhere(const char *model) {
   CHECK_STATUS(pager_set_budget(NULL, 0), PAGER_ERR_INVALID_ARGUMENT);
   CHECK_STATUS(pager_add_slice(NULL, 0, 0, 1, &id), PAGER_ERR_INVALID_ARGUMENT);
   CHECK_STATUS(pager_split_experts(NULL, 0, 2, &id), PAGER_ERR_INVALID_ARGUMENT);
+  const void *base = NULL;
+  CHECK_STATUS(pager_place_slices(NULL, 0, &base), PAGER_ERR_INVALID_ARGUMENT);
   CHECK_STATUS(pager_hint(NULL, &id, 1), PAGER_ERR_INVALID_ARGUMENT);
   CHECK_STATUS(pager_get_stats(NULL, &s), PAGER_ERR_INVALID_ARGUMENT);
   size_t len = 7;
@@ -89,6 +91,7 @@ static void nulls_everywhere(const char *model) {
   CHECK_STATUS(pager_hint(p, NULL, 1), PAGER_ERR_INVALID_ARGUMENT);
   CHECK_STATUS(pager_add_slice(p, 0, 0, 1, NULL), PAGER_ERR_INVALID_ARGUMENT);
   CHECK_STATUS(pager_split_experts(p, 0, 2, NULL), PAGER_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(pager_place_slices(p, 0, NULL), PAGER_ERR_INVALID_ARGUMENT);
   CHECK_STATUS(pager_get_stats(p, NULL), PAGER_ERR_INVALID_ARGUMENT);
   pager_close(p);
 }
@@ -117,6 +120,19 @@ static void unknown_names_and_ids(const char *model) {
   CHECK_STATUS(pager_hint(p, sched, 2), PAGER_ERR_INVALID_ARGUMENT);
   CHECK_STATUS(pager_add_slice(p, 0, 0, UINT64_MAX, &id), PAGER_ERR_OUT_OF_BOUNDS);
   CHECK_STATUS(pager_split_experts(p, 0, 0, &id), PAGER_ERR_INVALID_ARGUMENT);
+  /* Placement: an unknown parent, a slice as parent, a slice already resident. */
+  const void *base = NULL, *again = NULL;
+  CHECK_STATUS(pager_place_slices(p, n, &base), PAGER_ERR_INVALID_ARGUMENT);
+  uint32_t slice = 0;
+  CHECK_OK(pager_add_slice(p, 0, 0, 64, &slice));
+  CHECK_STATUS(pager_place_slices(p, slice, &base), PAGER_ERR_INVALID_ARGUMENT);
+  CHECK_OK(pager_acquire(p, slice, &t));
+  CHECK_STATUS(pager_place_slices(p, 0, &base), PAGER_ERR_INVALID_ARGUMENT);
+  CHECK(base == NULL && strstr(pager_last_error_message(), "before the first acquire") != NULL);
+  CHECK_OK(pager_release(p, &t));
+  CHECK_OK(pager_place_slices(p, 1, &base));
+  CHECK_OK(pager_place_slices(p, 1, &again));
+  CHECK(base != NULL && base == again);
   pager_close(p);
 }
 

@@ -7,7 +7,10 @@
  * and dense tensors, hints the next layer's experts every few acquires,
  * checks every byte, and checks that the resident bytes never pass the
  * budget. With wait_ms set, no acquire may fail; with many slices resident
- * the victims are sampled, which this also covers.
+ * the victims are sampled, which this also covers. Every run is made twice:
+ * with the slices in buffers of their own, and placed in their parents'
+ * windows (pager_place_slices), where each acquired expert must sit at
+ * base + e * SLICE and neighbours share pages.
  *
  * usage: moe_stress SCRATCH_DIR [quick] */
 #define _GNU_SOURCE
@@ -35,6 +38,8 @@ typedef struct {
   uint32_t first[LAYERS * PARTS];
   uint32_t dense[LAYERS * DENSE];
   uint64_t offset[LAYERS * (DENSE + PARTS) + LAYERS * PARTS * EXPERTS];
+  /* Where each slice must be handed out when placed, else NULL. */
+  const unsigned char *place[LAYERS * (DENSE + PARTS) + LAYERS * PARTS * EXPERTS];
   uint64_t budget;
 } model_t;
 
@@ -76,6 +81,7 @@ static void *work(void *arg) {
       continue;
     }
     if (t.size != size || memcmp(t.data, pattern + m->offset[id] % PERIOD, size) != 0) w->wrong++;
+    if (m->place[id] && (const unsigned char *)t.data != m->place[id]) w->wrong++;
     pager_stats_t s;
     pager_stats_init(&s);
     if (pager_get_stats(m->pager, &s) != PAGER_OK || (m->budget && s.resident_bytes > m->budget)) w->over++;
@@ -123,51 +129,58 @@ int main(int argc, char **argv) {
   for (unsigned io = 0; io < sizeof io_modes / sizeof *io_modes; io++)
     for (unsigned t = 0; t < sizeof threads / sizeof *threads; t++)
       for (unsigned r = 0; r < sizeof readers / sizeof *readers; r++)
-        for (unsigned b = 0; b < sizeof budgets / sizeof *budgets; b++) {
-          if (quick && (t != 1 || r == 2)) continue;
-          pager_options_t o;
-          pager_options_default(&o);
-          o.io_mode = io_modes[io];
-          o.prefetch_threads = readers[r];
-          o.budget_bytes = budgets[b];
-          o.wait_ms = 5000;
-          m.budget = budgets[b];
-          m.pager = NULL;
-          CHECK_OK(pager_open_table(path, descs, N, &o, &m.pager));
-          if (!m.pager) continue;
-          for (uint32_t l = 0; l < LAYERS; l++) {
-            for (uint32_t k = 0; k < DENSE; k++) m.dense[l * DENSE + k] = l * (DENSE + PARTS) + k;
-            for (uint32_t p = 0; p < PARTS; p++) {
-              uint32_t parent = l * (DENSE + PARTS) + DENSE + p, first = 0;
-              CHECK_OK(pager_split_experts(m.pager, parent, EXPERTS, &first));
-              m.first[l * PARTS + p] = first;
-              for (uint32_t e = 0; e < EXPERTS; e++) m.offset[first + e] = m.offset[parent] + (uint64_t)e * SLICE;
+        for (unsigned b = 0; b < sizeof budgets / sizeof *budgets; b++)
+          for (unsigned placed = 0; placed < 2; placed++) {
+            if (quick && (t != 1 || r == 2)) continue;
+            pager_options_t o;
+            pager_options_default(&o);
+            o.io_mode = io_modes[io];
+            o.prefetch_threads = readers[r];
+            o.budget_bytes = budgets[b];
+            o.wait_ms = 5000;
+            m.budget = budgets[b];
+            m.pager = NULL;
+            CHECK_OK(pager_open_table(path, descs, N, &o, &m.pager));
+            if (!m.pager) continue;
+            for (uint32_t l = 0; l < LAYERS; l++) {
+              for (uint32_t k = 0; k < DENSE; k++) m.dense[l * DENSE + k] = l * (DENSE + PARTS) + k;
+              for (uint32_t p = 0; p < PARTS; p++) {
+                uint32_t parent = l * (DENSE + PARTS) + DENSE + p, first = 0;
+                CHECK_OK(pager_split_experts(m.pager, parent, EXPERTS, &first));
+                m.first[l * PARTS + p] = first;
+                const void *base = NULL;
+                if (placed) CHECK_OK(pager_place_slices(m.pager, parent, &base));
+                for (uint32_t e = 0; e < EXPERTS; e++) {
+                  m.offset[first + e] = m.offset[parent] + (uint64_t)e * SLICE;
+                  m.place[first + e] = base ? (const unsigned char *)base + (uint64_t)e * SLICE : NULL;
+                }
+              }
             }
+            pthread_t th[4];
+            worker_t w[4];
+            for (uint32_t i = 0; i < threads[t]; i++) {
+              w[i] = (worker_t){&m, 0x2545f491u * (i + 1) + runs, quick ? 1500 : 3000, 0, 0, 0};
+              pthread_create(&th[i], NULL, work, &w[i]);
+            }
+            unsigned long failures = 0, wrong = 0, over = 0;
+            for (uint32_t i = 0; i < threads[t]; i++) {
+              pthread_join(th[i], NULL);
+              failures += w[i].failures;
+              wrong += w[i].wrong;
+              over += w[i].over;
+            }
+            if (failures || wrong || over)
+              fprintf(stderr, "io %u, %u threads, %u readers, budget %llu%s: %lu failed, %lu wrong, %lu over budget\n",
+                      io_modes[io], threads[t], readers[r], (unsigned long long)budgets[b], placed ? ", placed" : "",
+                      failures, wrong, over);
+            CHECK(failures == 0 && wrong == 0 && over == 0);
+            pager_stats_t s;
+            pager_stats_init(&s);
+            CHECK_OK(pager_get_stats(m.pager, &s));
+            CHECK(s.in_use_bytes == 0);
+            pager_close(m.pager);
+            runs++;
           }
-          pthread_t th[4];
-          worker_t w[4];
-          for (uint32_t i = 0; i < threads[t]; i++) {
-            w[i] = (worker_t){&m, 0x2545f491u * (i + 1) + runs, quick ? 1500 : 3000, 0, 0, 0};
-            pthread_create(&th[i], NULL, work, &w[i]);
-          }
-          unsigned long failures = 0, wrong = 0, over = 0;
-          for (uint32_t i = 0; i < threads[t]; i++) {
-            pthread_join(th[i], NULL);
-            failures += w[i].failures;
-            wrong += w[i].wrong;
-            over += w[i].over;
-          }
-          if (failures || wrong || over)
-            fprintf(stderr, "io %u, %u threads, %u readers, budget %llu: %lu failed, %lu wrong, %lu over budget\n",
-                    io_modes[io], threads[t], readers[r], (unsigned long long)budgets[b], failures, wrong, over);
-          CHECK(failures == 0 && wrong == 0 && over == 0);
-          pager_stats_t s;
-          pager_stats_init(&s);
-          CHECK_OK(pager_get_stats(m.pager, &s));
-          CHECK(s.in_use_bytes == 0);
-          pager_close(m.pager);
-          runs++;
-        }
   remove(path);
   printf("moe_stress: %u runs\n", runs);
   return check_failures ? 1 : 0;

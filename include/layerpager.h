@@ -633,6 +633,29 @@ enum pager_status_t pager_split_experts(struct pager_t *p,
                                         uint32_t *out_first_id);
 
 /**
+ * Places the slices of `parent` (from `pager_split_experts` or
+ * `pager_add_slice`) at their offsets in one address range: `*out_base` is
+ * where the parent's byte 0 sits, and an acquired slice at offset `o` of
+ * the parent is at `*out_base + o`. An engine that computes with the
+ * parent's layout (ggml's `MUL_MAT_ID` reads expert `e` at
+ * `data + e * nb[2]`) then finds every resident slice in place, with no
+ * copy; only the bytes of resident (acquired or idle) slices are there.
+ * The range is reserved with the file's page phase (`O_DIRECT` reads land
+ * in place) and committed only where a slice is resident; each slice is
+ * charged the whole pages it touches. In the mmap io mode the range is the
+ * file's mapping. A placed slice's `data` has the file's alignment, not
+ * `opts.alignment`. Call it before acquiring any slice of `parent`;
+ * calling it again gives the same base. Returns `PAGER_OK`,
+ * `PAGER_ERR_INVALID_ARGUMENT` (NULL, a bad or sliced parent, a slice
+ * already resident), `PAGER_ERR_OUT_OF_MEMORY` (no address space),
+ * `PAGER_ERR_CLOSED`, `PAGER_ERR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ * `p` as `pager_tensor_count`; `out_base` NULL or writable.
+ */
+enum pager_status_t pager_place_slices(struct pager_t *p, uint32_t parent, const void **out_base);
+
+/**
  * The router's choice for the block about to run: the `n` tensors
  * (usually expert slices) that are not resident are read ahead now, in
  * the given order, as `pager_prefetch` does (the readers woken once), and

@@ -12,6 +12,7 @@ use super::loads::Intent;
 use super::slot::{
     self, in_use_of, state_of, Residence, ABSENT, EVICTING, LOADING, PINNED, PREFETCHED, RESIDENT,
 };
+use super::window::Window;
 use super::Inner;
 use crate::error::{Error, Result};
 use crate::policy::{Candidates, ResidentSet};
@@ -63,6 +64,8 @@ pub(super) enum Deferred {
     Chunk(#[allow(dead_code)] FreshChunk),
     /// Mapped tensor `id` evicted: its pages may go.
     DontNeed(u32),
+    /// A placed slice evicted: its pages no other slice uses go.
+    Vacate(Arc<Window>, u64, u64),
 }
 
 /// What [`EvictState::take_buffer`] found.
@@ -219,12 +222,18 @@ impl Inner {
         let work = std::mem::take(&mut g.deferred);
         drop(g);
         for w in work {
-            if let Deferred::DontNeed(id) = w {
-                // Not if it was mapped in again since: its pages are in use.
-                if state_of(self.slot_unchecked(id).load_word()) == ABSENT {
-                    let info = self.info_unchecked(id);
-                    self.source.advise_dontneed(info.offset, info.size);
+            match w {
+                Deferred::DontNeed(id) => {
+                    // Not if it was mapped in again since: its pages are in use.
+                    if state_of(self.slot_unchecked(id).load_word()) == ABSENT {
+                        let info = self.info_unchecked(id);
+                        self.source.advise_dontneed(info.offset, info.size);
+                    }
                 }
+                // A load of the same slice since has occupied its pages
+                // first: they stay.
+                Deferred::Vacate(window, offset, size) => window.vacate(offset, size),
+                Deferred::Free(_) | Deferred::Chunk(_) => {}
             }
         }
     }
@@ -533,6 +542,9 @@ impl Inner {
         slot.changed.notify_all();
         match residence {
             Some(Residence::Mapped) => g.deferred.push(Deferred::DontNeed(id)),
+            Some(Residence::Placed(window, offset, size)) => {
+                g.deferred.push(Deferred::Vacate(window, offset, size))
+            }
             // An arena's range goes back to the arena (dropped here); another
             // buffer is kept for the next load of its size. Either way it
             // stays counted against the budget.

@@ -5,14 +5,15 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
 
 use super::acquisitions::{random_salt, Acquisition, TicketedAcquisition};
 use super::budget::EvictState;
 use super::follow::MemoryFollower;
 use super::options::{PagerOptions, Stats};
 use super::slot::{in_use_of, state_of, Slot, ABSENT};
-use super::Inner;
+use super::window::Window;
+use super::{Inner, Placement};
 use crate::error::{Error, Result};
 use crate::index::{self, TensorIndex, TensorInfo};
 use crate::policy;
@@ -109,6 +110,8 @@ impl Pager {
             slots: new_slots(&index)?,
             slice_infos: SegVec::new(OnceLock::new),
             slice_names: Mutex::new(HashMap::new()),
+            slice_parents: SegVec::new(OnceLock::new),
+            placements: RwLock::new(HashMap::new()),
             grow: Mutex::new(()),
             policy: policy::build(options.policy, n),
             index,
@@ -347,6 +350,60 @@ impl Pager {
             })
             .collect();
         self.inner.add_slots(parent, infos)
+    }
+
+    /// Places the slices of `parent` (experts from [`Pager::split_experts`],
+    /// or [`Pager::add_slice`]s) at their offsets in one address range and
+    /// returns where the parent's byte 0 sits in it: an acquired slice at
+    /// offset `o` of the parent is then at `base + o`, so that an engine
+    /// computing with the parent's layout finds every resident slice in
+    /// place, with no copy. Only the bytes of resident slices are there.
+    ///
+    /// The range is reserved with the file's page phase (`base % 4096` is
+    /// the parent's file offset modulo 4096, so `O_DIRECT` reads land in
+    /// place) and memory is committed only where a slice is resident; each
+    /// slice is charged the whole pages it touches. With the mmap io mode
+    /// the range is the mapping itself. A placed slice's data pointer has
+    /// the file's alignment, not the pager's `alignment` option. Call it
+    /// before any slice of `parent` is acquired; calling it again returns
+    /// the same base.
+    pub fn place_slices(&self, parent: u32) -> Result<*const u8> {
+        self.inner.check_open()?;
+        let p = self.inner.info(parent)?.clone();
+        let files = self.inner.index.len();
+        if parent as usize >= files {
+            return Err(Error::InvalidArgument(format!(
+                "tensor {parent} is a slice; only a tensor of the file can place its slices"
+            )));
+        }
+        let mapped_base = |map: &[u8]| map[p.offset as usize..].as_ptr();
+        let mut placements = self.inner.placements.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(placement) = placements.get(&parent) {
+            return Ok(match placement {
+                Placement::Window(w) => w.base(),
+                Placement::Mapped => mapped_base(self.inner.source.mapped().expect("mapped source")),
+            });
+        }
+        let loaded = (files..self.inner.slots.len()).any(|id| {
+            self.inner.slice_parents.get(id - files).and_then(OnceLock::get) == Some(&parent)
+                && state_of(self.inner.slot_unchecked(id as u32).load_word()) != ABSENT
+        });
+        if loaded {
+            return Err(Error::InvalidArgument(format!(
+                "slices of tensor {parent} '{}' are already resident: place them before the first acquire",
+                p.name
+            )));
+        }
+        let (placement, base) = match self.inner.source.mapped() {
+            Some(map) => (Placement::Mapped, mapped_base(map)),
+            None => {
+                let w = Arc::new(Window::reserve(p.offset, p.size)?);
+                let base = w.base();
+                (Placement::Window(w), base)
+            }
+        };
+        placements.insert(parent, placement);
+        Ok(base)
     }
 
     /// The router's choice for the coming layers: `ids` that are not

@@ -3,13 +3,15 @@
 //! itself, and pins.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::slot::{
     self, in_use_of, state_of, Residence, ABSENT, EVICTING, IN_USE_MAX, IN_USE_ONE, LOADING, PINNED,
     PREFETCHED, RESIDENT,
 };
-use super::Inner;
+use super::window::Window;
+use super::{Inner, Placement};
 use crate::error::{Error, Result};
 use crate::index::TensorInfo;
 use crate::source::{self, TensorBuffer};
@@ -241,10 +243,16 @@ impl Inner {
             self.reserve(id, 0, intent, false)?;
             return Ok((Residence::Empty, self.alignment as *mut u8, 0));
         }
-        let mapped = self
-            .source
-            .mapped()
-            .filter(|m| (m.as_ptr() as usize + info.offset as usize) % self.alignment == 0);
+        let placement = self.placement_of(id);
+        if let Some((Placement::Window(window), offset)) = placement {
+            return self.read_placed(id, info, intent, window, offset);
+        }
+        // A placed slice of a mapped source is handed out where the mapping
+        // has it, whatever its alignment.
+        let placed_in_mapping = placement.is_some();
+        let mapped = self.source.mapped().filter(|m| {
+            placed_in_mapping || (m.as_ptr() as usize + info.offset as usize) % self.alignment == 0
+        });
         let charge = match mapped {
             Some(_) => info.size,
             None => source::buffer_len_for(self.source.as_ref(), info.offset, info.size) as u64,
@@ -300,6 +308,50 @@ impl Inner {
         match read() {
             Ok((residence, data)) => Ok((residence, data, charge)),
             Err(e) => {
+                self.uncharge(id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads slice `id` into its place in its parent's window.
+    fn read_placed(
+        &self,
+        id: u32,
+        info: &TensorInfo,
+        intent: Intent,
+        window: Arc<Window>,
+        offset: u64,
+    ) -> Result<(Residence, *mut u8, u64)> {
+        self.reserve(id, window.charge_for(offset, info.size), intent, false)?;
+        if intent == Intent::Acquire {
+            self.poke_readers();
+        }
+        let charge = self.slot_unchecked(id).charge.load(Ordering::Relaxed);
+        window.occupy(offset, info.size);
+        let read = || -> Result<*mut u8> {
+            let started = Instant::now();
+            self.source.verify_unchanged()?;
+            let block = self.source.direct_alignment().unwrap_or(1);
+            let len = source::buffer_len_for(self.source.as_ref(), info.offset, info.size);
+            // SAFETY: this thread owns the slice's load (its slot is
+            // LOADING) and has occupied its pages; the buffer covers the
+            // slice's own blocks, where a neighbour's bytes are the file's.
+            let buffer = unsafe { window.read_buffer(offset, block as u64, len) };
+            // Alignment 1: the data stays where the read put it, in place.
+            let head = source::read_tensor(self.source.as_ref(), info.offset, info.size, 1, buffer)
+                .map_err(|e| annotate(e, &self.label(id)))?;
+            let data = buffer[head..].as_mut_ptr();
+            debug_assert_eq!(data as *const u8, window.base().wrapping_add(offset as usize));
+            self.read_ns
+                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            self.bytes_read.fetch_add(info.size, Ordering::Relaxed);
+            Ok(data)
+        };
+        match read() {
+            Ok(data) => Ok((Residence::Placed(window, offset, info.size), data, charge)),
+            Err(e) => {
+                window.vacate(offset, info.size);
                 self.uncharge(id);
                 Err(e)
             }

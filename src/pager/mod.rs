@@ -49,10 +49,11 @@ mod loads;
 mod options;
 mod readahead;
 mod slot;
+mod window;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
 
 pub use acquisitions::{Acquisition, TicketedAcquisition};
 pub use facade::Pager;
@@ -61,6 +62,7 @@ pub use options::{BudgetListener, PagerOptions, Stats, READERS_AUTO};
 
 use budget::EvictState;
 use slot::{in_use_of, state_of, Slot, ABSENT, PINNED, RESIDENT};
+use window::Window;
 
 use crate::error::{Error, Result};
 use crate::index::{TensorIndex, TensorInfo};
@@ -79,6 +81,11 @@ pub(crate) struct Inner {
     slice_infos: SegVec<OnceLock<TensorInfo>>,
     /// Slice names, for `find`.
     slice_names: Mutex<HashMap<String, u32>>,
+    /// The parent tensor of each slice, indexed as `slice_infos`.
+    slice_parents: SegVec<OnceLock<u32>>,
+    /// Parents whose slices are read into their places in one range
+    /// (`Pager::place_slices`).
+    placements: RwLock<HashMap<u32, Placement>>,
     /// Serialises appends to `slots` (slices).
     grow: Mutex<()>,
     policy: Box<dyn EvictionPolicy>,
@@ -117,6 +124,16 @@ pub(crate) struct Inner {
     readers: Option<Arc<prefetch::Shared>>,
 }
 
+/// How the slices of a parent are placed.
+#[derive(Debug, Clone)]
+enum Placement {
+    /// Read into their places in a reserved window of ours.
+    Window(Arc<Window>),
+    /// The source is a mapping: each slice is handed out where the mapping
+    /// has it, whatever its alignment.
+    Mapped,
+}
+
 impl Inner {
     fn add_slots(&self, parent: u32, infos: Vec<TensorInfo>) -> Result<u32> {
         let _g = self.grow.lock().unwrap_or_else(|e| e.into_inner());
@@ -138,6 +155,11 @@ impl Inner {
         }
         let files = self.index.len();
         let mut names = self.slice_names.lock().unwrap_or_else(|e| e.into_inner());
+        self.slice_parents
+            .grow_to(n - files, |_, cell| {
+                let _ = cell.set(parent);
+            })
+            .ok_or_else(too_many)?;
         let mut infos = infos.into_iter();
         self.slice_infos
             .grow_to(n - files, |i, cell| {
@@ -177,6 +199,21 @@ impl Inner {
                 .and_then(OnceLock::get)
                 .expect("slices are published after their info"),
         }
+    }
+
+    /// Where slice `id` is placed, if its parent's slices are placed: the
+    /// parent's placement and the slice's offset within the parent.
+    fn placement_of(&self, id: u32) -> Option<(Placement, u64)> {
+        let files = self.index.len();
+        let parent = *self.slice_parents.get((id as usize).checked_sub(files)?)?.get()?;
+        let placement = self
+            .placements
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&parent)?
+            .clone();
+        let offset = self.info_unchecked(id).offset - self.info_unchecked(parent).offset;
+        Some((placement, offset))
     }
 
     /// The id of the tensor or slice named `name`.

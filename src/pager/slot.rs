@@ -14,8 +14,9 @@
 //! tensor in use is never evicted.
 
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+use super::window::Window;
 use crate::error::Error;
 use crate::source::TensorBuffer;
 
@@ -56,6 +57,9 @@ pub(crate) enum Residence {
     Owned(#[allow(dead_code)] TensorBuffer),
     /// Zero-copy: the data is the source's mapping.
     Mapped,
+    /// A slice read into its place in its parent's window: `(window,
+    /// offset in the parent, size)`; its pages are vacated on eviction.
+    Placed(Arc<Window>, u64, u64),
     /// A tensor of zero bytes: nothing held, nothing charged.
     Empty,
 }
