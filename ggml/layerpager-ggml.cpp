@@ -9,11 +9,13 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -43,7 +45,28 @@ struct held_acquisition {
 struct node_state {
     std::vector<held_weight> weights;
     std::vector<held_acquisition> acquisitions;
+    std::vector<pager_tensor_t> experts;  // routed expert slices a MUL_MAT_ID computes with
+    int routed_layer = -1;                // ffn_moe_topk-<layer>: read the router's picks after it
+    int gated_layer = -1;                 // ffn_moe_logits-<layer>: predict the next layer's picks after it
     bool user_asked = false;
+};
+
+// A merged expert weight (ffn_{gate,up,down}_exps, ggml [in, out, n_expert]),
+// split into one pager slice per expert, placed at the parent's layout.
+struct expert_tensor {
+    uint32_t first;       // the slice id of expert 0
+    uint32_t n_expert;
+    uint64_t slice_bytes;
+    const void * base;    // where the parent's byte 0 sits in the placement window
+    int layer;
+};
+
+struct moe_layer {
+    std::vector<uint32_t> parents;  // the layer's expert tensors (pager ids)
+    uint32_t router = UINT32_MAX;   // ffn_gate_inp (F32 [n_embd, n_expert]), for pre-gating
+    std::vector<float> router_weights;  // read at the first prediction
+    bool router_unusable = false;
+    std::vector<int32_t> predicted;  // experts pre-gating hinted for this layer's coming tokens
 };
 
 }  // namespace
@@ -65,6 +88,16 @@ struct layerpager_ggml {
     // of the weight, with only the rows a token needs read into it.
     std::unordered_map<const ggml_tensor *, void *> row_spaces;
     bool failed = false;
+
+    // Mixture of experts (set up at init, then touched by the eval callback,
+    // which ggml calls from one thread).
+    bool predict = true;
+    std::unordered_map<uint32_t, expert_tensor> experts;  // by parent id
+    std::vector<moe_layer> layers;                        // by block index
+    int first_moe_layer = -1;
+    int64_t n_used = 0;  // experts per token, learned from the first top-k seen
+    layerpager_ggml_moe_stats moe = {};
+    FILE * trace = nullptr;
 };
 
 namespace {
@@ -208,6 +241,219 @@ bool lookup_id(layerpager_ggml * lg, const ggml_tensor * t, uint32_t * id) {
     return true;
 }
 
+// ---- mixture of experts: the router's picks, placed experts, pre-gating
+
+// The layer in a node name `prefix<layer>` (llama.cpp names MoE nodes
+// "ffn_moe_topk-12"), or -1.
+int layer_in(const char * name, const char * prefix) {
+    const size_t n = strlen(prefix);
+    if (strncmp(name, prefix, n) != 0) {
+        return -1;
+    }
+    char * end = nullptr;
+    const long layer = strtol(name + n, &end, 10);
+    return end != name + n && *end == '\0' && layer >= 0 && layer < 1 << 20 ? (int) layer : -1;
+}
+
+const expert_tensor * expert_tensor_of(layerpager_ggml * lg, const ggml_tensor * weight) {
+    uint32_t id = 0;
+    if (lg->experts.empty() || weight->view_src != nullptr || !lookup_id(lg, weight, &id)) {
+        return nullptr;
+    }
+    auto it = lg->experts.find(id);
+    return it == lg->experts.end() ? nullptr : &it->second;
+}
+
+// The distinct experts an ids tensor (I32 [n_used, n_tokens], a view of the
+// router's argsort) names, in ascending order.
+std::vector<int32_t> routed_experts(const ggml_tensor * ids, int64_t n_expert) {
+    std::vector<int32_t> picks;
+    if (ids == nullptr || ids->type != GGML_TYPE_I32 || ids->data == nullptr) {
+        return picks;
+    }
+    for (int64_t t = 0; t < ids->ne[1]; t++) {
+        for (int64_t j = 0; j < ids->ne[0]; j++) {
+            const int32_t e = *reinterpret_cast<const int32_t *>(static_cast<const char *>(ids->data) +
+                                                                 t * ids->nb[1] + j * ids->nb[0]);
+            if (e >= 0 && e < n_expert) {
+                picks.push_back(e);
+            }
+        }
+    }
+    std::sort(picks.begin(), picks.end());
+    picks.erase(std::unique(picks.begin(), picks.end()), picks.end());
+    return picks;
+}
+
+// Bytes of one (layer, expert) unit: its slice of every expert tensor.
+uint64_t unit_bytes(const layerpager_ggml * lg, int layer) {
+    uint64_t bytes = 0;
+    for (uint32_t parent : lg->layers[layer].parents) {
+        bytes += lg->experts.at(parent).slice_bytes;
+    }
+    return bytes;
+}
+
+// Reads ahead the slices of `picks` in every expert tensor of `layer`, in
+// the order the layer computes them.
+void hint_experts(layerpager_ggml * lg, int layer, const std::vector<int32_t> & picks) {
+    std::vector<uint32_t> ids;
+    for (uint32_t parent : lg->layers[layer].parents) {
+        for (int32_t e : picks) {
+            ids.push_back(lg->experts.at(parent).first + (uint32_t) e);
+        }
+    }
+    if (!ids.empty()) {
+        pager_hint(lg->pager, ids.data(), ids.size());
+    }
+}
+
+// After the router's top-k of `layer` (node ffn_moe_topk-<layer>): count,
+// trace, score the prediction, and hint the routed experts.
+void observe_routing(layerpager_ggml * lg, int layer, const ggml_tensor * topk) {
+    if (layer >= (int) lg->layers.size() || lg->layers[layer].parents.empty()) {
+        return;
+    }
+    moe_layer & L = lg->layers[layer];
+    const int64_t n_expert = lg->experts.at(L.parents[0]).n_expert;
+    const std::vector<int32_t> picks = routed_experts(topk, n_expert);
+    if (lg->n_used == 0) {
+        lg->n_used = topk->ne[0];
+    }
+    if (layer == lg->first_moe_layer) {
+        lg->moe.tokens += (uint64_t) topk->ne[1];
+    }
+    const uint64_t unit = unit_bytes(lg, layer);
+    lg->moe.routed_units += picks.size();
+    lg->moe.routed_bytes += picks.size() * unit;
+    if (!L.predicted.empty()) {
+        std::vector<int32_t> right;
+        std::set_intersection(L.predicted.begin(), L.predicted.end(), picks.begin(), picks.end(),
+                              std::back_inserter(right));
+        lg->moe.predicted += L.predicted.size();
+        lg->moe.predicted_routed += right.size();
+        lg->moe.predicted_unrouted_bytes += (L.predicted.size() - right.size()) * unit;
+        L.predicted.clear();
+    }
+    if (lg->trace != nullptr) {
+        // One line per token and layer: token, layer, its experts.
+        const uint64_t first_token = lg->moe.tokens - (uint64_t) topk->ne[1];
+        for (int64_t t = 0; t < topk->ne[1]; t++) {
+            fprintf(lg->trace, "%llu %d", (unsigned long long) (first_token + t), layer);
+            for (int64_t j = 0; j < topk->ne[0]; j++) {
+                fprintf(lg->trace, " %d",
+                        *reinterpret_cast<const int32_t *>(static_cast<const char *>(topk->data) +
+                                                           t * topk->nb[1] + j * topk->nb[0]));
+            }
+            fputc('\n', lg->trace);
+        }
+    }
+    hint_experts(lg, layer, picks);
+}
+
+// Pre-gating: after the router of `layer` has its input (node
+// ffn_moe_logits-<layer>, src[1] the normed hidden state), the next MoE
+// layer's router applied to that same state names the experts it will
+// likely pick; they are hinted (read ahead, never at a demand's cost) a
+// layer before their top-k is known.
+void predict_next_layer(layerpager_ggml * lg, int layer, const ggml_tensor * hidden) {
+    const int next = layer + 1;
+    if (!lg->predict || lg->n_used == 0 || next >= (int) lg->layers.size() || lg->layers[next].parents.empty() ||
+        hidden == nullptr || hidden->type != GGML_TYPE_F32 || hidden->nb[0] != sizeof(float) || hidden->ne[1] > 8) {
+        return;  // a batch routes to many experts anyway: no prediction
+    }
+    moe_layer & L = lg->layers[next];
+    const int64_t n_embd = hidden->ne[0];
+    const int64_t n_expert = lg->experts.at(L.parents[0]).n_expert;
+    if (L.router_weights.empty() && !L.router_unusable) {
+        // The router, read once (n_embd x n_expert floats: small beside the
+        // experts), outside the budget.
+        pager_tensor_info_t info;
+        L.router_unusable = L.router == UINT32_MAX || pager_tensor_info(lg->pager, L.router, &info) != PAGER_OK ||
+                            info.ggml_type != GGML_TYPE_F32 || info.dims[0] != (uint64_t) n_embd ||
+                            info.dims[1] != (uint64_t) n_expert;
+        if (!L.router_unusable) {
+            L.router_weights.resize((size_t) (n_embd * n_expert));
+            if (pager_read(lg->pager, L.router, 0, L.router_weights.data(), info.size) != PAGER_OK) {
+                L.router_weights.clear();
+                L.router_unusable = true;
+            }
+        }
+    }
+    if (L.router_unusable) {
+        return;
+    }
+    std::vector<int32_t> predicted;
+    std::vector<std::pair<float, int32_t>> logits((size_t) n_expert);
+    const int64_t k = std::min<int64_t>(lg->n_used, n_expert);
+    for (int64_t t = 0; t < hidden->ne[1]; t++) {
+        const float * x = reinterpret_cast<const float *>(static_cast<const char *>(hidden->data) + t * hidden->nb[1]);
+        for (int64_t e = 0; e < n_expert; e++) {
+            const float * w = L.router_weights.data() + e * n_embd;
+            float sum = 0;
+            for (int64_t i = 0; i < n_embd; i++) {
+                sum += w[i] * x[i];
+            }
+            logits[(size_t) e] = {sum, (int32_t) e};
+        }
+        std::partial_sort(logits.begin(), logits.begin() + k, logits.end(),
+                          [](const auto & a, const auto & b) { return a.first > b.first; });
+        for (int64_t j = 0; j < k; j++) {
+            predicted.push_back(logits[(size_t) j].second);
+        }
+    }
+    std::sort(predicted.begin(), predicted.end());
+    predicted.erase(std::unique(predicted.begin(), predicted.end()), predicted.end());
+    L.predicted = predicted;
+    hint_experts(lg, next, predicted);
+}
+
+// A MUL_MAT_ID on a placed expert tensor: acquire only the experts its ids
+// (the router's top-k, computed already) name; each is then at its
+// e * nb[2] offset from the placement base. Returns false if one failed.
+bool acquire_routed(layerpager_ggml * lg, const ggml_tensor * node, const expert_tensor & x, node_state & state) {
+    const std::vector<int32_t> picks = routed_experts(node->src[2], x.n_expert);
+    std::vector<uint32_t> ids;
+    for (int32_t e : picks) {
+        ids.push_back(x.first + (uint32_t) e);
+    }
+    if (ids.size() > 1) {
+        // The readers fetch the rest while this thread reads the first.
+        pager_hint(lg->pager, ids.data(), ids.size());
+    }
+    pager_stats_t before;
+    pager_stats_init(&before);
+    pager_get_stats(lg->pager, &before);
+    for (size_t i = 0; i < ids.size(); i++) {
+        pager_tensor_t t;
+        const pager_status_t status = pager_acquire(lg->pager, ids[i], &t);
+        if (status != PAGER_OK) {
+            pager_stats_t now;
+            pager_stats_init(&now);
+            pager_get_stats(lg->pager, &now);
+            const uint64_t slice_charge = (x.slice_bytes + 4095) / 4096 * 4096 + 4096;
+            const uint64_t needed = now.in_use_bytes + (ids.size() - i) * slice_charge;
+            if (status == PAGER_ERR_BUDGET || status == PAGER_ERR_TIMEOUT) {
+                LP_LOG("the budget of %.1f MiB does not hold the %zu experts of %s this batch routes to beside "
+                       "%.1f MiB in use: it needs a budget of at least %.1f MiB (or a smaller batch)\n",
+                       now.budget_bytes / 1048576.0, ids.size(), ggml_get_name(node->src[0]),
+                       now.in_use_bytes / 1048576.0, needed / 1048576.0);
+            } else {
+                LP_LOG("acquire of expert %d of %s failed: %s\n", picks[i], ggml_get_name(node->src[0]),
+                       pager_last_error_message());
+            }
+            return false;
+        }
+        state.experts.push_back(t);
+    }
+    pager_stats_t after;
+    pager_stats_init(&after);
+    pager_get_stats(lg->pager, &after);
+    lg->moe.expert_acquires += ids.size();
+    lg->moe.expert_hits += after.hits - before.hits;
+    return true;
+}
+
 // ask = true: the node is about to compute. Acquire its weights and point
 // them (and views of them) at the pager's memory; need the callback again
 // after it. ask = false: it has computed; restore and release.
@@ -215,6 +461,13 @@ bool eval_callback(ggml_tensor * node, bool ask, void * user_data) {
     auto * lg = static_cast<layerpager_ggml *>(user_data);
     if (ask) {
         node_state state;
+        if (!lg->experts.empty()) {
+            // Stop after the router's top-k (its picks then exist before the
+            // experts' MUL_MAT_IDs are asked for) and after the router's
+            // logits (its input is the state pre-gating predicts from).
+            state.routed_layer = layer_in(ggml_get_name(node), "ffn_moe_topk-");
+            state.gated_layer = layer_in(ggml_get_name(node), "ffn_moe_logits-");
+        }
         for (int i = 0; i < GGML_MAX_SRC; i++) {
             ggml_tensor * src = node->src[i];
             if (src == nullptr) {
@@ -222,6 +475,17 @@ bool eval_callback(ggml_tensor * node, bool ask, void * user_data) {
             }
             ggml_tensor * base = src->view_src ? src->view_src : src;
             if (!is_paged(lg, base)) {
+                continue;
+            }
+            const expert_tensor * x = node->op == GGML_OP_MUL_MAT_ID && i == 0 ? expert_tensor_of(lg, src) : nullptr;
+            if (x != nullptr) {
+                if (!acquire_routed(lg, node, *x, state)) {
+                    std::lock_guard<std::mutex> g(lg->lock);
+                    lg->failed = true;
+                }
+                // The routed experts are in place; the others are never read.
+                state.weights.push_back({src, src->data});
+                src->data = const_cast<void *>(x->base);
                 continue;
             }
             held_acquisition * have = nullptr;
@@ -258,7 +522,7 @@ bool eval_callback(ggml_tensor * node, bool ask, void * user_data) {
             src->data = const_cast<char *>(data) + (src->view_src ? src->view_offs : 0);
         }
         state.user_asked = lg->user_cb_eval && lg->user_cb_eval(node, true, lg->user_cb_eval_data);
-        if (state.weights.empty()) {
+        if (state.weights.empty() && state.routed_layer < 0 && state.gated_layer < 0) {
             return state.user_asked;
         }
         std::lock_guard<std::mutex> g(lg->lock);
@@ -276,8 +540,17 @@ bool eval_callback(ggml_tensor * node, bool ask, void * user_data) {
         state = std::move(it->second);
         lg->nodes.erase(it);
     }
+    if (state.routed_layer >= 0) {
+        observe_routing(lg, state.routed_layer, node);
+    }
+    if (state.gated_layer >= 0) {
+        predict_next_layer(lg, state.gated_layer, node->src[1]);
+    }
     for (auto & w : state.weights) {
         w.tensor->data = w.placeholder;
+    }
+    for (auto & t : state.experts) {
+        pager_release(lg->pager, &t);
     }
     for (auto & a : state.acquisitions) {
         if (a.rows != nullptr) {
@@ -308,6 +581,68 @@ bool abort_callback(void * user_data) {
     return lg->user_abort && lg->user_abort(lg->user_abort_data);
 }
 
+// Splits every merged expert weight of the file (blk.N.ffn_{up,gate,down,
+// gate_up}_exps.weight with an expert dimension) into one slice per expert,
+// placed at the parent's layout, and notes each layer's router.
+void setup_experts(layerpager_ggml * lg) {
+    const size_t n = pager_tensor_count(lg->pager);  // the file's tensors, before slices
+    static const char * const kinds[] = {"gate_up", "up", "gate", "down"};  // the order a layer computes them in
+    std::vector<std::vector<std::pair<int, uint32_t>>> parents;
+    for (size_t id = 0; id < n; id++) {
+        pager_tensor_info_t info;
+        int layer = -1;
+        char kind[16] = {0};
+        int consumed = 0;
+        if (pager_tensor_info(lg->pager, (uint32_t) id, &info) != PAGER_OK ||
+            sscanf(info.name, "blk.%d.ffn_%15[a-z_]%n", &layer, kind, &consumed) != 2 || layer < 0 || layer >= 1 << 20) {
+            continue;
+        }
+        const std::string rest = kind;
+        if ((size_t) layer >= parents.size()) {
+            parents.resize((size_t) layer + 1);
+            lg->layers.resize((size_t) layer + 1);
+        }
+        if (rest == "gate_inp" && strcmp(info.name + consumed, ".weight") == 0) {
+            lg->layers[(size_t) layer].router = (uint32_t) id;
+            continue;
+        }
+        int rank = -1;
+        for (int k = 0; k < 4; k++) {
+            if (rest == std::string(kinds[k]) + "_exps" && strcmp(info.name + consumed, ".weight") == 0) {
+                rank = k;
+            }
+        }
+        if (rank < 0 || info.n_dims != 3 || info.dims[2] < 2) {
+            continue;
+        }
+        expert_tensor x = {};
+        x.n_expert = (uint32_t) info.dims[2];
+        x.slice_bytes = info.size / x.n_expert;
+        x.layer = layer;
+        if (pager_split_experts(lg->pager, (uint32_t) id, x.n_expert, &x.first) != PAGER_OK ||
+            pager_place_slices(lg->pager, (uint32_t) id, &x.base) != PAGER_OK) {
+            LP_LOG("%s stays one tensor: %s\n", info.name, pager_last_error_message());
+            continue;
+        }
+        lg->experts[(uint32_t) id] = x;
+        parents[(size_t) layer].push_back({rank, (uint32_t) id});
+    }
+    for (size_t layer = 0; layer < parents.size(); layer++) {
+        std::sort(parents[layer].begin(), parents[layer].end());
+        for (auto & p : parents[layer]) {
+            lg->layers[layer].parents.push_back(p.second);
+        }
+        if (!parents[layer].empty() && lg->first_moe_layer < 0) {
+            lg->first_moe_layer = (int) layer;
+        }
+    }
+    if (!lg->experts.empty()) {
+        LP_LOG("%zu expert tensors split into %u experts each and placed: only routed experts are read%s\n",
+               lg->experts.size(), lg->experts.begin()->second.n_expert,
+               lg->predict ? ", the next layer's predicted a layer ahead" : "");
+    }
+}
+
 }  // namespace
 
 layerpager_ggml_params layerpager_ggml_default_params(void) {
@@ -318,6 +653,7 @@ layerpager_ggml_params layerpager_ggml_default_params(void) {
     p.io_mode = o.io_mode;
     p.prefetch_threads = o.prefetch_threads;
     p.wait_ms = 1000;
+    p.predict_experts = true;
     return p;
 }
 
@@ -351,6 +687,8 @@ layerpager_ggml * layerpager_ggml_init(const char * model_path, const layerpager
             lg->model_bytes += info.size;
         }
     }
+    lg->predict = params->predict_experts;
+    setup_experts(lg);
     ggml_backend_buffer_type_i iface = {};
     iface.get_name = buft_name;
     iface.alloc_buffer = buft_alloc_buffer;
@@ -415,6 +753,33 @@ void layerpager_ggml_free(layerpager_ggml * lg) {
     for (auto & [tensor, space] : lg->row_spaces) {
         munmap(space, ggml_nbytes(tensor));
     }
+    if (lg->trace != nullptr) {
+        fclose(lg->trace);
+    }
     pager_close(lg->pager);
     delete lg;
+}
+
+bool layerpager_ggml_moe(layerpager_ggml * lg, layerpager_ggml_moe_stats * out) {
+    if (lg == nullptr || out == nullptr || lg->experts.empty()) {
+        return false;
+    }
+    *out = lg->moe;
+    return true;
+}
+
+bool layerpager_ggml_set_trace(layerpager_ggml * lg, const char * path) {
+    if (lg == nullptr || path == nullptr) {
+        return false;
+    }
+    FILE * f = fopen(path, "w");
+    if (f == nullptr) {
+        LP_LOG("trace file %s: %s\n", path, strerror(errno));
+        return false;
+    }
+    if (lg->trace != nullptr) {
+        fclose(lg->trace);
+    }
+    lg->trace = f;
+    return true;
 }

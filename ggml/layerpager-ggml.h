@@ -23,6 +23,17 @@
 // MMAP (the loader then uploads nothing) and use_extra_bufts false (CPU
 // repacking changes the layout of weights at load).
 //
+// Mixture-of-experts models: init splits every merged expert weight
+// (blk.N.ffn_{up,gate,down}_exps.weight) into one pager slice per expert,
+// placed so that expert e sits at e * nb[2] from one base (no copy). The
+// callback stops the graph after each router's top-k (ffn_moe_topk-N),
+// hints the routed experts at once, and has each MUL_MAT_ID acquire only
+// the experts its ids name; with predict_experts, the next layer's router
+// applied to this layer's input names likely experts a layer ahead (hints:
+// never at a demand's cost). A batch must fit one expert tensor's routed
+// experts in the budget beside what is in use, or decode fails with a
+// message naming the budget it needs.
+//
 // Stock llama.cpp maps the model with MAP_POPULATE, which reads the whole
 // file into the page cache once at load (transient: the kernel may drop it,
 // and the pager never reads from the mapping). The patch in
@@ -46,6 +57,20 @@ struct layerpager_ggml_params {
     uint32_t io_mode;           // PAGER_IO_AUTO (default), PAGER_IO_PREAD, PAGER_IO_DIRECT, PAGER_IO_MMAP
     uint32_t prefetch_threads;  // background readers; default 1
     uint32_t wait_ms;           // how long an acquire waits for budget held by other threads
+    bool predict_experts;       // MoE: hint the next layer's likely experts a layer ahead (pre-gating); default true
+};
+
+// What the routing of a mixture-of-experts model cost, since init. A unit is
+// one (layer, expert) pair: its slice of each of the layer's expert tensors.
+struct layerpager_ggml_moe_stats {
+    uint64_t tokens;                    // tokens routed
+    uint64_t routed_units;              // units routed (a batch's repeats once)
+    uint64_t routed_bytes;              // their bytes
+    uint64_t expert_acquires;           // expert slices acquired for MUL_MAT_ID nodes
+    uint64_t expert_hits;               // of them resident when acquired
+    uint64_t predicted;                 // units hinted by pre-gating
+    uint64_t predicted_routed;          // of them routed then
+    uint64_t predicted_unrouted_bytes;  // bytes of the others (read only where not resident)
 };
 
 layerpager_ggml_params layerpager_ggml_default_params(void);
@@ -68,6 +93,15 @@ uint64_t layerpager_ggml_model_bytes(layerpager_ggml * lg);
 // Whether an eval callback failed to acquire a weight (the graph was then
 // aborted; the message was logged). Reset by each call.
 bool layerpager_ggml_take_error(layerpager_ggml * lg);
+
+// Copies the MoE figures into *out; false (and *out untouched) when the
+// model has no expert tensors.
+bool layerpager_ggml_moe(layerpager_ggml * lg, layerpager_ggml_moe_stats * out);
+
+// Writes the routing to `path` from now on, one line per token and MoE
+// layer: "TOKEN LAYER EXPERT..." (the input of `layerpager plan --moe
+// --trace`). False (and logged) if the file cannot be created.
+bool layerpager_ggml_set_trace(layerpager_ggml * lg, const char * path);
 
 // Frees the pager. Call after llama_free and llama_model_free.
 void layerpager_ggml_free(layerpager_ggml * lg);

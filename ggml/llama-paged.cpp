@@ -3,11 +3,15 @@
 //
 //     llama-paged -m MODEL.gguf [--budget 50%|BYTES] [-p PROMPT] [-n TOKENS]
 //                 [--no-pager] [--print-ids] [--io pread|direct|mmap]
-//                 [--readers N] [-t THREADS]
+//                 [--readers N] [-t THREADS] [--trace FILE] [--no-predict]
 //
 // Prints the text (with --print-ids, one token id per line instead), then
 // one line of figures: tokens/s, CPU ms per token, MiB read per token and
-// its bound (model minus budget), peak resident vs budget, peak RSS.
+// its bound (model minus budget), peak resident vs budget, peak RSS; for a
+// mixture-of-experts model a second line: MiB routed and read per token,
+// the expert hit ratio, and how often pre-gating named the routed experts.
+// --trace FILE writes the routing (token, layer, experts) for `layerpager
+// plan --moe --trace FILE`; --no-predict turns pre-gating off.
 // Modelled on llama.cpp's examples/simple/simple.cpp.
 
 #include <sys/resource.h>
@@ -26,7 +30,7 @@
 static void usage(const char * argv0) {
     fprintf(stderr,
             "usage: %s -m MODEL.gguf [--budget 50%%|BYTES] [-p PROMPT] [-n TOKENS] [--no-pager] [--print-ids]\n"
-            "          [--io pread|direct|mmap] [--readers N] [-t THREADS]\n",
+            "          [--io pread|direct|mmap] [--readers N] [-t THREADS] [--trace FILE] [--no-predict]\n",
             argv0);
 }
 
@@ -64,6 +68,7 @@ int main(int argc, char ** argv) {
     int n_threads = 1;
     bool use_pager = true;
     bool print_ids = false;
+    std::string trace_path;
     layerpager_ggml_params lp = layerpager_ggml_default_params();
 
     for (int i = 1; i < argc; i++) {
@@ -93,6 +98,10 @@ int main(int argc, char ** argv) {
                 usage(argv[0]);
                 return 1;
             }
+        } else if (a == "--trace" && has_value) {
+            trace_path = argv[++i];
+        } else if (a == "--no-predict") {
+            lp.predict_experts = false;
         } else if (a == "--no-pager") {
             use_pager = false;
         } else if (a == "--print-ids") {
@@ -139,6 +148,9 @@ int main(int argc, char ** argv) {
             return 1;
         }
         layerpager_ggml_wire(pager, &model_params, &ctx_params);
+        if (!trace_path.empty() && !layerpager_ggml_set_trace(pager, trace_path.c_str())) {
+            return 1;
+        }
     }
 
     llama_model * model = llama_model_load_from_file(model_path.c_str(), model_params);
@@ -167,6 +179,7 @@ int main(int argc, char ** argv) {
     llama_batch batch = llama_batch_get_one(tokens.data(), (int32_t) tokens.size());
     pager_stats_t before;
     pager_stats_init(&before);
+    layerpager_ggml_moe_stats moe_before = {};
     double cpu_before = 0;
     auto t_before = std::chrono::steady_clock::now();
     int n_generated = 0;
@@ -181,6 +194,7 @@ int main(int argc, char ** argv) {
             // batch is one pass as well, but not a token.
             if (pager) {
                 pager_get_stats(layerpager_ggml_pager(pager), &before);
+                layerpager_ggml_moe(pager, &moe_before);
             }
             cpu_before = cpu_seconds();
             t_before = std::chrono::steady_clock::now();
@@ -220,6 +234,20 @@ int main(int argc, char ** argv) {
                mib(budget), 100.0 * budget / model_bytes, mib(model_bytes), measured / wall, 1000 * cpu / measured,
                mib(after.bytes_read - before.bytes_read) / measured, mib(bound), mib(after.peak_resident_bytes),
                mib(peak_rss_bytes()));
+        layerpager_ggml_moe_stats moe;
+        if (layerpager_ggml_moe(pager, &moe)) {
+            const uint64_t tokens = moe.tokens - moe_before.tokens;
+            const uint64_t acquires = moe.expert_acquires - moe_before.expert_acquires;
+            const uint64_t predicted = moe.predicted - moe_before.predicted;
+            const double per_token = tokens ? 1.0 / tokens : 0;
+            printf("llama-paged: moe | %.2f MiB routed/token | %.2f MiB read/token | expert hits %.1f%% | "
+                   "hint accuracy %.1f%% | %.2f MiB hinted, not routed/token\n",
+                   mib(moe.routed_bytes - moe_before.routed_bytes) * per_token,
+                   mib(after.bytes_read - before.bytes_read) * per_token,
+                   acquires ? 100.0 * (moe.expert_hits - moe_before.expert_hits) / acquires : 0.0,
+                   predicted ? 100.0 * (moe.predicted_routed - moe_before.predicted_routed) / predicted : 0.0,
+                   mib(moe.predicted_unrouted_bytes - moe_before.predicted_unrouted_bytes) * per_token);
+        }
         // What the pager ended with: io mode, readers, the pass it learned.
         char line[512];
         if (pager_describe(layerpager_ggml_pager(pager), line, sizeof line, nullptr) == PAGER_OK) {

@@ -17,7 +17,7 @@ use layerpager_tools::moe::{MoeShape, Routing};
 use cmd::bench::{bench, BenchArgs};
 use cmd::demo::demo;
 use cmd::inspect::inspect;
-use cmd::plan::{plan, plan_moe, plan_zoo};
+use cmd::plan::{plan, plan_moe, plan_moe_trace, plan_zoo};
 use cmd::synth::synth;
 
 #[derive(Parser)]
@@ -62,6 +62,15 @@ enum Command {
         /// seeded routing; every policy beside Belady with the routing known.
         #[arg(long)]
         moe: bool,
+        /// With --moe and MODEL: plan from the routing an engine recorded
+        /// (`llama-paged --trace FILE`), the model's real sizes, with LRU,
+        /// LFU and Belady expert caches beside layerpager.
+        #[arg(long)]
+        trace: Option<PathBuf>,
+        /// With --trace: count from this token on (the ones before warm the
+        /// caches up; llama-paged counts from its first generated token).
+        #[arg(long, default_value_t = 0)]
+        from: usize,
         #[command(flatten)]
         moe_args: MoeArgs,
     },
@@ -160,9 +169,16 @@ fn main() -> ExitCode {
             passes,
             svg,
             moe,
+            trace,
+            from,
             moe_args: m,
         } => {
-            if moe && m.zoo {
+            if let Some(trace) = trace {
+                match (moe, model) {
+                    (true, Some(model)) => plan_moe_trace(&model, &trace, &budgets, from),
+                    _ => Err(Error::InvalidArgument("--trace needs --moe and a MODEL".into())),
+                }
+            } else if moe && m.zoo {
                 plan_zoo(&budgets)
             } else if moe {
                 let shape = MoeShape::with(m.layers, m.experts, m.top_k, !m.no_dense);

@@ -183,13 +183,23 @@ pub struct MoeLayout {
     dense_ids: Vec<Vec<u32>>,
     /// expert_ids[layer][part][expert]
     expert_ids: Vec<[Vec<u32>; 3]>,
+    /// Tensors outside the blocks (embeddings, output), used at the start
+    /// of every pass.
+    prologue_ids: Vec<u32>,
 }
 
 impl MoeLayout {
     /// Lays out `shape`.
     pub fn new(shape: &MoeShape) -> Self {
-        let mut sizes = Vec::new();
-        let mut schedule = Vec::new();
+        MoeLayout::with_prologue(shape, &[])
+    }
+
+    /// Lays out `shape` after tensors of `prologue` sizes that every pass
+    /// uses first (a real model's embeddings and output).
+    pub fn with_prologue(shape: &MoeShape, prologue: &[u64]) -> Self {
+        let mut sizes: Vec<u64> = prologue.to_vec();
+        let prologue_ids: Vec<u32> = (0..prologue.len() as u32).collect();
+        let mut schedule = prologue_ids.clone();
         let mut dense_ids = Vec::new();
         let mut parents = Vec::new();
         for _ in 0..shape.layers {
@@ -229,6 +239,7 @@ impl MoeLayout {
             slices,
             dense_ids,
             expert_ids,
+            prologue_ids,
         }
     }
 
@@ -269,6 +280,7 @@ impl MoeLayout {
             .dense_ids
             .iter()
             .flatten()
+            .chain(&self.prologue_ids)
             .map(|&i| self.sizes[i as usize])
             .sum();
         let experts: u64 = self.slices.iter().map(|&(i, _)| self.sizes[i as usize]).sum();
@@ -302,28 +314,49 @@ impl MoeLayout {
                 weights = draw(&mut rng);
             }
             for layer in 0..shape.layers as usize {
-                trace.extend_from_slice(&self.dense_ids[layer]);
                 let chosen = if !previous[layer].is_empty() && rng.unit() < routing.pair_repeat {
                     previous[layer].clone()
                 } else {
                     self.route(shape, routing, &weights[layer], &previous[layer], &mut rng)
                 };
-                if routing.hints {
-                    for part in 0..3 {
-                        for &e in &chosen {
-                            trace.push(self.expert_ids[layer][part][e as usize] | HINT);
-                        }
-                    }
-                }
-                for part in 0..3 {
-                    for &e in &chosen {
-                        trace.push(self.expert_ids[layer][part][e as usize]);
-                    }
-                }
+                self.push_block(&mut trace, layer, &chosen, routing.hints);
                 previous[layer] = chosen;
             }
         }
         trace
+    }
+
+    /// One block of a pass: its dense tensors, the router's hints if
+    /// `hints`, then each part of the `chosen` experts.
+    fn push_block(&self, trace: &mut Vec<u32>, layer: usize, chosen: &[u32], hints: bool) {
+        trace.extend_from_slice(&self.dense_ids[layer]);
+        if hints {
+            for part in 0..3 {
+                for &e in chosen {
+                    trace.push(self.expert_ids[layer][part][e as usize] | HINT);
+                }
+            }
+        }
+        for part in 0..3 {
+            for &e in chosen {
+                trace.push(self.expert_ids[layer][part][e as usize]);
+            }
+        }
+    }
+
+    /// The access trace of a routing an engine recorded, with the router's
+    /// hints if `hints`; and where each token's pass starts in it.
+    pub fn routed_trace(&self, routing: &RoutingTrace, hints: bool) -> (Vec<u32>, Vec<usize>) {
+        let mut trace = Vec::new();
+        let mut starts = Vec::new();
+        for token in &routing.tokens {
+            starts.push(trace.len());
+            trace.extend_from_slice(&self.prologue_ids);
+            for (layer, chosen) in token {
+                self.push_block(&mut trace, *layer as usize, chosen, hints);
+            }
+        }
+        (trace, starts)
     }
 
     /// One token's choice in one block: per slot, the previous token's
@@ -362,6 +395,60 @@ impl MoeLayout {
             chosen.push(e);
         }
         chosen
+    }
+}
+
+/// The routing an engine recorded (`llama-paged --trace`): one line per
+/// token and MoE layer, `TOKEN LAYER EXPERT...`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RoutingTrace {
+    /// Per token, in order: each layer's chosen experts, in layer order.
+    pub tokens: Vec<Vec<(u32, Vec<u32>)>>,
+    /// One more than the highest layer seen.
+    pub layers: u32,
+    /// One more than the highest expert seen.
+    pub experts: u32,
+    /// Experts per token and layer (the most seen on one line).
+    pub top_k: u32,
+}
+
+impl RoutingTrace {
+    /// Parses a trace. Lines may come in any order across tokens (a batch
+    /// writes one layer for all its tokens, then the next); within a token
+    /// its layers are kept in the order they come.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut t = RoutingTrace::default();
+        for (n, line) in text.lines().enumerate() {
+            let bad = |why: &str| format!("line {}: {why}: '{line}'", n + 1);
+            let numbers: Vec<u32> = line
+                .split_whitespace()
+                .map(|w| w.parse::<u32>())
+                .collect::<Result<_, _>>()
+                .map_err(|_| bad("expected TOKEN LAYER EXPERT..."))?;
+            let [token, layer, experts @ ..] = numbers.as_slice() else {
+                return Err(bad("expected TOKEN LAYER EXPERT..."));
+            };
+            if experts.is_empty() || experts.len() > 1024 || *layer >= 1 << 16 || *token >= 1 << 24 {
+                return Err(bad(
+                    "a token below 2^24, a layer below 65536 and 1 to 1024 experts",
+                ));
+            }
+            let token = *token as usize;
+            if token >= t.tokens.len() {
+                t.tokens.resize(token + 1, Vec::new());
+            }
+            t.layers = t.layers.max(layer + 1);
+            t.experts = t.experts.max(experts.iter().max().unwrap_or(&0) + 1);
+            t.top_k = t.top_k.max(experts.len() as u32);
+            t.tokens[token].push((*layer, experts.to_vec()));
+        }
+        if t.tokens.is_empty() {
+            return Err("the trace is empty".to_owned());
+        }
+        if let Some(missing) = t.tokens.iter().position(Vec::is_empty) {
+            return Err(format!("token {missing} has no line"));
+        }
+        Ok(t)
     }
 }
 
@@ -538,5 +625,31 @@ mod tests {
             layout.trace(&shape, Routing::default(), 5),
             layout.trace(&shape, Routing::default(), 5)
         );
+    }
+
+    #[test]
+    fn a_routing_trace_groups_a_batch_by_token_and_refuses_garbage() {
+        // A batch of two tokens (layer by layer), then one token.
+        let t = RoutingTrace::parse("0 0 3 1\n1 0 2 5\n0 1 0 1\n1 1 7 6\n2 0 4 4\n2 1 0 2\n").unwrap();
+        assert_eq!(t.tokens.len(), 3);
+        assert_eq!(t.tokens[1], vec![(0, vec![2, 5]), (1, vec![7, 6])]);
+        assert_eq!((t.layers, t.experts, t.top_k), (2, 8, 2));
+        for bad in ["", "0 0\n", "0 x 1\n", "1 0 1\n", "0 70000 1\n"] {
+            assert!(RoutingTrace::parse(bad).is_err(), "{bad:?}");
+        }
+        // Its access trace: the prologue, each block's dense tensors, the
+        // hints, the experts' parts.
+        let shape = MoeShape {
+            layers: 2,
+            experts: 8,
+            top_k: 2,
+            dense: vec![10],
+            expert_parts: [1, 2, 3],
+        };
+        let layout = MoeLayout::with_prologue(&shape, &[100]);
+        let (trace, starts) = layout.routed_trace(&t, false);
+        assert_eq!(starts.len(), 3);
+        assert_eq!(trace.len(), 3 * (1 + 2 * (1 + 3 * 2)));
+        assert_eq!(trace[0], 0, "the prologue first");
     }
 }

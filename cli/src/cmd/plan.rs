@@ -5,10 +5,13 @@
 use std::path::Path;
 
 use layerpager::index::block_of;
+use layerpager::index::TensorIndex;
 use layerpager::policy::{EvictionPolicy, Lru, ScheduleAware};
 use layerpager::Error;
-use layerpager_tools::moe::{compare, shadow_cost, zoo, MoeComparison, MoeShape, Routing};
-use layerpager_tools::sim::simulate;
+use layerpager_tools::moe::{
+    compare, shadow_cost, zoo, MoeComparison, MoeLayout, MoeShape, Routing, RoutingTrace,
+};
+use layerpager_tools::sim::{simulate, Belady, Lfu};
 use layerpager_tools::workload::lower_bound_bytes;
 
 use crate::format::{file_name, human, open_index, parse_budgets};
@@ -314,4 +317,153 @@ fn plot(
         errno: 0,
         message: e.to_string(),
     })
+}
+
+/// An MoE model's shape from its file: blocks with merged expert tensors
+/// (`blk.N.ffn_{up,gate,down}_exps.weight`, experts on the outer dimension),
+/// the first such block's other tensors as every block's dense part, and
+/// the tensors outside the blocks.
+fn moe_shape_of(index: &TensorIndex, top_k: u32) -> Result<(MoeShape, Vec<u64>), Error> {
+    let mut parts = [0u64; 3];
+    let mut experts = 0u32;
+    let mut layers = 0u32;
+    let mut first_block = None;
+    for t in index.tensors() {
+        let Some(block) = block_of(&t.name) else { continue };
+        let part = ["ffn_up_exps", "ffn_gate_exps", "ffn_down_exps"]
+            .iter()
+            .position(|p| t.name.ends_with(&format!(".{p}.weight")));
+        if let (Some(part), [_, _, n, ..]) = (part, t.dims.as_slice()) {
+            experts = *n as u32;
+            parts[part] = t.size / n.max(&1);
+            layers = layers.max(block as u32 + 1);
+            first_block.get_or_insert(block);
+        }
+    }
+    let Some(first_block) = first_block.filter(|_| experts > 1) else {
+        return Err(Error::InvalidArgument(
+            "the model has no merged expert tensors (blk.N.ffn_up_exps.weight)".into(),
+        ));
+    };
+    let dense = index
+        .tensors()
+        .iter()
+        .filter(|t| block_of(&t.name) == Some(first_block) && !t.name.contains("_exps."))
+        .map(|t| t.size)
+        .collect();
+    let outside = index
+        .tensors()
+        .iter()
+        .filter(|t| block_of(&t.name).is_none())
+        .map(|t| t.size)
+        .collect();
+    let shape = MoeShape {
+        layers,
+        experts,
+        top_k,
+        dense,
+        expert_parts: parts,
+    };
+    Ok((shape, outside))
+}
+
+/// `plan MODEL --moe --trace FILE`: bytes read per token at each budget on
+/// a routing the engine recorded. The references are expert caches in the
+/// room the budget leaves beside the dense weights (LRU, LFU, and Belady
+/// with the routing known); layerpager is simulated over the whole model
+/// (dense tensors and experts share the budget), hinted at each top-k.
+pub(crate) fn plan_moe_trace(model: &Path, trace: &Path, budgets: &str, from: usize) -> Result<(), Error> {
+    let text = std::fs::read_to_string(trace).map_err(|e| Error::Io {
+        context: format!("reading the trace {}", trace.display()),
+        errno: e.raw_os_error().unwrap_or(0),
+        message: e.to_string(),
+    })?;
+    let bad_trace = |why: String| Error::InvalidArgument(format!("{}: {why}", trace.display()));
+    let routing = RoutingTrace::parse(&text).map_err(bad_trace)?;
+    let index = open_index(model)?;
+    let (shape, outside) = moe_shape_of(&index, routing.top_k)?;
+    if routing.layers > shape.layers || routing.experts > shape.experts {
+        return Err(bad_trace(format!(
+            "it names layer {} or expert {}, the model has {} layers of {} experts",
+            routing.layers - 1,
+            routing.experts - 1,
+            shape.layers,
+            shape.experts
+        )));
+    }
+    if from >= routing.tokens.len() {
+        return Err(Error::InvalidArgument(format!(
+            "--from {from}: the trace has {} tokens",
+            routing.tokens.len()
+        )));
+    }
+    let measured = (routing.tokens.len() - from) as f64;
+    let layout = MoeLayout::with_prologue(&shape, &outside);
+    let model_bytes = index.total_bytes();
+    let unit: u64 = shape.expert_parts.iter().sum();
+    let dense_bytes = layout.model_bytes() - unit * (shape.experts * shape.layers) as u64;
+    let (ours_trace, ours_starts) = layout.routed_trace(&routing, true);
+    let experts_only = MoeLayout::new(&MoeShape {
+        dense: Vec::new(),
+        ..shape.clone()
+    });
+    let (units_trace, units_starts) = experts_only.routed_trace(&routing, false);
+    let routed: usize = routing.tokens[from..]
+        .iter()
+        .flatten()
+        .map(|(_, e)| e.len())
+        .sum();
+    println!(
+        "{}: {} tokens routed through {} layers of {} experts, top-{}; a unit (one expert of one layer) is {}, \
+         the dense weights {}; counted from token {from}: {:.1} units ({}) routed per token",
+        file_name(trace),
+        routing.tokens.len(),
+        routing.layers,
+        shape.experts,
+        routing.top_k,
+        human(unit),
+        human(dense_bytes),
+        routed as f64 / measured,
+        human((routed as f64 * unit as f64 / measured) as u64),
+    );
+    println!(
+        "{:>10} {:>5} {:>12} | {:>10} {:>10} {:>10} {:>12}",
+        "budget", "%", "expert room", "LRU", "LFU", "Belady", "layerpager"
+    );
+    println!(
+        "{:>31} (MiB read per token; LRU/LFU/Belady: an expert cache in the room beside the dense weights)",
+        ""
+    );
+    let mib = |bytes: u64| bytes as f64 / measured / (1 << 20) as f64;
+    for budget in parse_budgets(budgets, model_bytes)? {
+        let share = budget as f64 * 100.0 / model_bytes as f64;
+        let room = budget.saturating_sub(dense_bytes);
+        if room < unit * routing.top_k as u64 {
+            println!(
+                "{:>10} {:>4.0}% | infeasible: the dense weights and one layer's routed experts need {}",
+                human(budget),
+                share,
+                human(dense_bytes + unit * routing.top_k as u64)
+            );
+            continue;
+        }
+        let units = |policy: &dyn EvictionPolicy| {
+            mib(experts_only
+                .simulate(&units_trace, room, policy, units_starts[from])
+                .bytes_read)
+        };
+        let n = experts_only.sizes.len();
+        let ours = layout.simulate(&ours_trace, budget, &layout.default_policy(), ours_starts[from]);
+        println!(
+            "{:>10} {:>4.0}% {:>12} | {:>10.2} {:>10.2} {:>10.2} {:>12.2}",
+            human(budget),
+            share,
+            format!("{} units", room / unit),
+            units(&Lru::new(n)),
+            units(&Lfu::new()),
+            units(&Belady::new(&units_trace)),
+            mib(ours.bytes_read)
+        );
+    }
+    Ok(())
 }
