@@ -241,7 +241,7 @@ int main(int argc, char ** argv) {
             const uint64_t predicted = moe.predicted - moe_before.predicted;
             const double per_token = tokens ? 1.0 / tokens : 0;
             printf("llama-paged: moe | %.2f MiB routed/token | %.2f MiB read/token | expert hits %.1f%% | "
-                   "hint accuracy %.1f%% | %.2f MiB hinted, not routed/token\n",
+                   "prediction accuracy %.1f%% | %.2f MiB predicted, not routed/token\n",
                    mib(moe.routed_bytes - moe_before.routed_bytes) * per_token,
                    mib(after.bytes_read - before.bytes_read) * per_token,
                    acquires ? 100.0 * (moe.expert_hits - moe_before.expert_hits) / acquires : 0.0,

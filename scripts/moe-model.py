@@ -10,7 +10,11 @@ changes the tokens. Each block gains a router ffn_gate_inp (F32
 [n_embd, N], normal x 2/sqrt(n_embd), seeded). Keys llama.expert_count and
 llama.expert_used_count tell llama.cpp to route each token to K experts.
 
-    moe-model.py IN.gguf OUT.gguf --experts N --used K [--type Q4_1|Q8_0] [--seed S]
+    moe-model.py IN.gguf OUT.gguf --experts N --used K [--type Q4_1|Q8_0]
+                 [--blocks B] [--seed S]
+
+--blocks keeps only the first B blocks (a model with many experts per
+block stays small).
 """
 import argparse
 import re
@@ -31,6 +35,7 @@ def main():
     ap.add_argument("--experts", type=int, required=True)
     ap.add_argument("--used", type=int, required=True)
     ap.add_argument("--type", default="Q4_1", choices=["Q4_1", "Q8_0", "Q4_0", "Q5_0"])
+    ap.add_argument("--blocks", type=int, default=0)
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()
     qtype = T[a.type]
@@ -39,16 +44,24 @@ def main():
     if arch != "llama":
         raise SystemExit(f"{a.src}: architecture {arch}, not llama")
     n_embd = int(reader.fields["llama.embedding_length"].parts[-1][0])
+    blocks = int(reader.fields["llama.block_count"].parts[-1][0])
+    if 0 < a.blocks < blocks:
+        blocks = a.blocks
     writer = GGUFWriter(a.dst, arch)
+    replaced = ("general.architecture", "llama.block_count", "llama.expert_count", "llama.expert_used_count")
     for field in reader.fields.values():
-        if field.name not in ("general.architecture", "llama.expert_count", "llama.expert_used_count"):
+        if field.name not in replaced:
             copy_field(writer, field)
+    writer.add_uint32("llama.block_count", blocks)
     writer.add_uint32("llama.expert_count", a.experts)
     writer.add_uint32("llama.expert_used_count", a.used)
     rng = np.random.default_rng(a.seed)
     routers_added = set()
     expert_bytes = 0
     for t in reader.tensors:
+        block_of = re.match(r"^blk\.(\d+)\.", t.name)
+        if block_of and int(block_of.group(1)) >= blocks:
+            continue
         m = FFN.match(t.name)
         if not m:
             writer.add_tensor(t.name, np.array(t.data), raw_shape=np.array(t.data).shape, raw_dtype=t.tensor_type)

@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# Mixture-of-experts models in llama.cpp through layerpager: only the routed
+# experts are read, in place, with the very same tokens.
+#
+# Builds the MoE test models from the SmolLM2 wheel (scripts/moe-models.sh)
+# and llama-paged (scripts/llama-paged.sh), then for the two 30-block
+# models:
+# - greedy generation unpaged, and paged at 100, 50 and 25% of the model in
+#   every io mode, with 0 and 1 readers and with pre-gating off; every run
+#   must give the unpaged token ids, and so must a 64-token prompt at 25%;
+# - the read MiB per token of the 50% and 25% runs beside LRU, LFU and
+#   Belady expert caches replayed on the routing trace of the same run
+#   (`layerpager plan --moe --trace`);
+# for the 64-expert model: a budget too small for the experts a 64-token
+# prompt routes to must fail with a message that names the budget needed,
+# and the budget it names for any batch must then give the unpaged ids;
+# and in a memory cgroup of llama.cpp's own needs + half the weights, page
+# cache dropped: stock llama.cpp against the pager at 50% (pre-gating on
+# and off, 1 and 2 readers), the same ids required.
+#
+# usage: scripts/moe-check.sh [TOKENS]
+# env: LAYERPAGER_CACHE (default ~/.cache/layerpager)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tokens=${1:-32}
+exe=$(scripts/llama-paged.sh)
+mapfile -t models < <(scripts/moe-models.sh)
+cargo build --release --quiet -p layerpager-cli
+cli=${CARGO_TARGET_DIR:-target}/release/layerpager
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+short="The capital of France is"
+long="Paging the weights of a large language model from disk lets a small machine run a model that does not fit in its memory. The pager keeps the experts that the router chooses most often, reads the rest ahead of need, and never passes its budget. Here is a short story about"
+fail=0
+run() { # model name prompt args...
+  local model=$1 name=$2 prompt=$3; shift 3
+  "$exe" -m "$model" -p "$prompt" -n "$tokens" --print-ids "$@" >"$work/$name.out" 2>"$work/$name.err" || {
+    echo "llama-paged $* failed:"; tail -5 "$work/$name.err"; exit 1
+  }
+  grep -E '^[0-9]+$' "$work/$name.out" >"$work/$name.ids"
+  printf '%-26s %s\n' "$name" "$(grep '^llama-paged: pager\|^llama-paged: no pager' "$work/$name.out" | cut -d'|' -f2-4)"
+  if grep -q '^llama-paged: moe' "$work/$name.out"; then
+    printf '%-26s %s\n' "" "$(grep '^llama-paged: moe' "$work/$name.out" | cut -d'|' -f2-)"
+  fi
+}
+same() { # reference name
+  if ! cmp -s "$work/$1.ids" "$work/$2.ids"; then
+    echo "MISMATCH: $2 generated other tokens than $1"
+    diff "$work/$1.ids" "$work/$2.ids" | head -5
+    fail=1
+  fi
+}
+# The tokens of a trace that llama-paged's figures count: from its first
+# generated token on (the prompt's batch and the first token warm up).
+counted_from() { # trace ids
+  echo $(($(awk '{print $1}' "$1" | sort -n | tail -1) + 1 - ($(wc -l <"$2") - 1)))
+}
+compare_with_references() { # model name budget
+  local from
+  from=$(counted_from "$work/$2.trace" "$work/$2.ids")
+  "$cli" plan "$1" --moe --trace "$work/$2.trace" --from "$from" --budgets "$3" >"$work/$2.plan"
+  python3 - "$work/$2.out" "$work/$2.plan" "$3" <<'PY'
+import re, sys
+out, plan, budget = open(sys.argv[1]).read(), open(sys.argv[2]).read(), sys.argv[3]
+ours = float(re.search(r"moe \| [0-9.]+ MiB routed/token \| ([0-9.]+) MiB read/token", out).group(1))
+row = [l for l in plan.splitlines() if re.match(r"\s*[0-9.]+ \w+\s+[0-9]+% ", l)][0].split("|")[1].split()
+lru, lfu, belady = map(float, row[:3])
+best = min(lru, lfu)
+print(f"{'':26} at {budget}: read {ours:.2f} MiB/token; on this run's trace LRU {lru:.2f}, LFU {lfu:.2f}, "
+      f"Belady {belady:.2f}: {ours / best:.2f}x the better of LRU and LFU, {ours / belady:.2f}x Belady"
+      + ("" if ours <= best * 1.0 else "  (more than the better of LRU and LFU)"))
+PY
+}
+
+for model in "${models[@]:0:2}"; do
+  echo "model $(basename "$model"), $tokens greedy tokens, 1 thread"
+  run "$model" unpaged "$short" --no-pager
+  run "$model" unpaged-long "$long" --no-pager
+  for spec in "100% pread 1" "50% pread 1" "25% pread 1" "50% direct 1" "50% mmap 1" "50% pread 0" \
+    "25% direct 0" "25% mmap 1"; do
+    read -r budget io readers <<<"$spec"
+    name="paged-$budget-$io-$readers"
+    run "$model" "$name" "$short" --budget "$budget" --io "$io" --readers "$readers" --trace "$work/$name.trace"
+    same unpaged "$name"
+  done
+  run "$model" paged-50%-no-prediction "$short" --budget 50% --no-predict
+  same unpaged paged-50%-no-prediction
+  run "$model" paged-25%-long "$long" --budget 25%
+  same unpaged-long paged-25%-long
+  compare_with_references "$model" "paged-50%-pread-1" 50%
+  compare_with_references "$model" "paged-25%-pread-1" 25%
+  if [ "$model" = "${models[0]}" ]; then
+    # For the comparison under a memory limit, at the end.
+    model_mib=$(grep -o 'of [0-9.]* MiB)' "$work/paged-50%-pread-1.out" | head -1 | tr -dc '0-9.')
+    rss_mib=$(grep -o 'peak RSS [0-9.]* MiB' "$work/unpaged.out" | tr -dc '0-9.')
+    cp "$work/unpaged.ids" "$work/first-model.ids"
+    cp "$work/unpaged.out" "$work/first-model.out"
+  fi
+done
+
+# A prompt whose experts do not fit: a clear error naming the budget needed,
+# then the budget it names for any batch works.
+model=${models[2]}
+echo "model $(basename "$model"): a 64-token prompt routes to nearly every expert of a block"
+run "$model" unpaged-long "$long" --no-pager
+small=$((29 << 20))
+if "$exe" -m "$model" -p "$long" -n "$tokens" --print-ids --budget "$small" >"$work/small.out" 2>"$work/small.err"; then
+  echo "FAIL: a budget of 29 MiB ran a prompt whose experts need more"; fail=1
+else
+  msg=$(grep 'it needs a budget of at least' "$work/small.err" || true)
+  [ -n "$msg" ] || { echo "FAIL: no message naming the budget needed:"; tail -3 "$work/small.err"; exit 1; }
+  echo "at 29 MiB: $msg"
+  needed=$(echo "$msg" | grep -o '[0-9.]* MiB holds any batch' | grep -o '^[0-9.]*')
+  bytes=$(python3 -c "import math; print(math.ceil($needed * 2**20))")
+  run "$model" paged-needed "$long" --budget "$bytes"
+  same unpaged-long paged-needed
+fi
+
+# Under a memory limit: stock llama.cpp against the pager.
+model=${models[0]}
+cg_rel=$(awk -F: '$2 ~ /(^|,)memory(,|$)/ {print $3}' /proc/self/cgroup)
+cg=/sys/fs/cgroup/memory${cg_rel%/}/moe-check-$$
+if [ -n "$cg_rel" ] && mkdir "$cg" 2>/dev/null; then
+  cp "$work/first-model.ids" "$work/unpaged.ids"
+  cp "$work/first-model.out" "$work/unpaged.out"
+  limit=$(python3 -c "print(int(($rss_mib - $model_mib + $model_mib / 2) * 2**20))")
+  echo "$limit" >"$cg/memory.limit_in_bytes"
+  drop_cache() { python3 -c 'import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$model"; }
+  limited() { # name args...
+    local name=$1; shift
+    drop_cache
+    sh -c 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"' sh "$cg" \
+      "$exe" -m "$model" -p "$short" -n "$tokens" --print-ids "$@" >"$work/$name.out" 2>"$work/$name.err" || {
+      echo "llama-paged $* in the memory cgroup failed:"; tail -3 "$work/$name.err"; rmdir "$cg"; exit 1
+    }
+    grep -E '^[0-9]+$' "$work/$name.out" >"$work/$name.ids"
+    printf '%-26s %s\n' "$name" "$(grep '^llama-paged: pager\|^llama-paged: no pager' "$work/$name.out" | cut -d'|' -f2-4)"
+    same unpaged "$name"
+  }
+  echo "model $(basename "$model") in a memory cgroup of $((limit >> 20)) MiB (llama.cpp's own $(python3 -c "print(round($rss_mib - $model_mib))") MiB + half the weights), page cache dropped:"
+  limited limited-unpaged --no-pager
+  limited limited-50% --budget 50%
+  limited limited-50%-no-prediction --budget 50% --no-predict
+  limited limited-50%-2-readers --budget 50% --readers 2
+  rmdir "$cg"
+  python3 - "$work" <<'PY'
+import re, sys
+w = sys.argv[1]
+tps = lambda n: float(re.search(r"([0-9.]+) tokens/s", open(f"{w}/{n}.out").read()).group(1))
+stock, unlimited = tps("limited-unpaged"), tps("unpaged")
+for n in ["limited-50%", "limited-50%-no-prediction", "limited-50%-2-readers"]:
+    print(f"{n:26} {tps(n) / stock:.2f}x stock llama.cpp under the limit, {tps(n) / unlimited:.2f}x unpaged without one")
+print(f"{'':26} pre-gating on/off: {tps('limited-50%') / tps('limited-50%-no-prediction'):.2f}x")
+PY
+else
+  echo "no memory cgroup can be made here (not root, or no cgroup v1 memory controller): the comparison under a memory limit is skipped"
+fi
+if [ $fail -ne 0 ]; then
+  exit 1
+fi
+echo "moe-check: every paged run generated the same token ids as llama.cpp alone"
