@@ -3,7 +3,7 @@
 //
 //     llama-paged -m MODEL.gguf [--budget 50%|BYTES] [-p PROMPT] [-n TOKENS]
 //                 [--no-pager] [--print-ids] [--io pread|direct|mmap]
-//                 [--readers N] [-t THREADS] [--trace FILE] [--no-predict]
+//                 [--readers N] [-t THREADS] [--trace FILE] [--predict]
 //
 // Prints the text (with --print-ids, one token id per line instead), then
 // one line of figures: tokens/s, CPU ms per token, MiB read per token and
@@ -11,7 +11,7 @@
 // mixture-of-experts model a second line: MiB routed and read per token,
 // the expert hit ratio, and how often pre-gating named the routed experts.
 // --trace FILE writes the routing (token, layer, experts) for `layerpager
-// plan --moe --trace FILE`; --no-predict turns pre-gating off.
+// plan --moe --trace FILE`; --predict turns pre-gating on.
 // Modelled on llama.cpp's examples/simple/simple.cpp.
 
 #include <sys/resource.h>
@@ -30,7 +30,7 @@
 static void usage(const char * argv0) {
     fprintf(stderr,
             "usage: %s -m MODEL.gguf [--budget 50%%|BYTES] [-p PROMPT] [-n TOKENS] [--no-pager] [--print-ids]\n"
-            "          [--io pread|direct|mmap] [--readers N] [-t THREADS] [--trace FILE] [--no-predict]\n",
+            "          [--io pread|direct|mmap] [--readers N] [-t THREADS] [--trace FILE] [--predict]\n",
             argv0);
 }
 
@@ -100,8 +100,8 @@ int main(int argc, char ** argv) {
             }
         } else if (a == "--trace" && has_value) {
             trace_path = argv[++i];
-        } else if (a == "--no-predict") {
-            lp.predict_experts = false;
+        } else if (a == "--predict") {
+            lp.predict_experts = true;
         } else if (a == "--no-pager") {
             use_pager = false;
         } else if (a == "--print-ids") {

@@ -6,7 +6,7 @@
 # and llama-paged (scripts/llama-paged.sh), then for the two 30-block
 # models:
 # - greedy generation unpaged, and paged at 100, 50 and 25% of the model in
-#   every io mode, with 0 and 1 readers and with pre-gating off; every run
+#   every io mode, with 0 and 1 readers and with pre-gating on; every run
 #   must give the unpaged token ids, and so must a 64-token prompt at 25%;
 # - the read MiB per token of the 50% and 25% runs beside LRU, LFU and
 #   Belady expert caches replayed on the routing trace of the same run
@@ -15,8 +15,9 @@
 # prompt routes to must fail with a message that names the budget needed,
 # and the budget it names for any batch must then give the unpaged ids;
 # and in a memory cgroup of llama.cpp's own needs + half the weights, page
-# cache dropped: stock llama.cpp against the pager at 50% (pre-gating on
-# and off, 1 and 2 readers), the same ids required.
+# cache dropped: stock llama.cpp against the pager at 50% (pre-gating off
+# and on, 1 and 2 readers), the same ids required; and its peak RSS within
+# llama.cpp's own + the budget + 32 MiB.
 #
 # usage: scripts/moe-check.sh [TOKENS]
 # env: LAYERPAGER_CACHE (default ~/.cache/layerpager)
@@ -84,8 +85,8 @@ for model in "${models[@]:0:2}"; do
     run "$model" "$name" "$short" --budget "$budget" --io "$io" --readers "$readers" --trace "$work/$name.trace"
     same unpaged "$name"
   done
-  run "$model" paged-50%-no-prediction "$short" --budget 50% --no-predict
-  same unpaged paged-50%-no-prediction
+  run "$model" paged-50%-prediction "$short" --budget 50% --predict
+  same unpaged paged-50%-prediction
   run "$model" paged-25%-long "$long" --budget 25%
   same unpaged-long paged-25%-long
   compare_with_references "$model" "paged-50%-pread-1" 50%
@@ -141,17 +142,38 @@ if [ -n "$cg_rel" ] && mkdir "$cg" 2>/dev/null; then
   echo "model $(basename "$model") in a memory cgroup of $((limit >> 20)) MiB (llama.cpp's own $(python3 -c "print(round($rss_mib - $model_mib))") MiB + half the weights), page cache dropped:"
   limited limited-unpaged --no-pager
   limited limited-50% --budget 50%
-  limited limited-50%-no-prediction --budget 50% --no-predict
+  limited limited-50%-prediction --budget 50% --predict
   limited limited-50%-2-readers --budget 50% --readers 2
   rmdir "$cg"
+  # The physical bound: the file read with O_DIRECT in 4 MiB requests, now.
+  drop_cache
+  dd if="$model" of=/dev/null bs=4M iflag=direct 2>"$work/dd.err" || true
   python3 - "$work" <<'PY'
 import re, sys
 w = sys.argv[1]
 tps = lambda n: float(re.search(r"([0-9.]+) tokens/s", open(f"{w}/{n}.out").read()).group(1))
+field = lambda n, what: float(re.search(r"([0-9.]+) " + what, open(f"{w}/{n}.out").read()).group(1))
 stock, unlimited = tps("limited-unpaged"), tps("unpaged")
-for n in ["limited-50%", "limited-50%-no-prediction", "limited-50%-2-readers"]:
-    print(f"{n:26} {tps(n) / stock:.2f}x stock llama.cpp under the limit, {tps(n) / unlimited:.2f}x unpaged without one")
-print(f"{'':26} pre-gating on/off: {tps('limited-50%') / tps('limited-50%-no-prediction'):.2f}x")
+dd = re.search(r"^(\d+) bytes.* copied, ([0-9.]+) s", open(f"{w}/dd.err").read(), re.M)
+raw = int(dd.group(1)) / float(dd.group(2)) if dd else 0
+print(f"{'':26} raw O_DIRECT read of the file, 4 MiB requests: {raw / 1e9:.2f} GB/s")
+for n in ["limited-50%", "limited-50%-prediction", "limited-50%-2-readers"]:
+    # The bound: the unpaged run's time per token, or the bytes read at the raw speed.
+    bound = 1 / max(1 / unlimited, field(n, "MiB read/token") * 2**20 / raw) if raw else 0
+    print(f"{n:26} {tps(n) / stock:.2f}x stock llama.cpp under the limit, {tps(n) / unlimited:.2f}x unpaged without one"
+          + (f", {tps(n) / bound:.2f}x the physical bound ({bound:.1f} tokens/s)" if raw else ""))
+print(f"{'':26} pre-gating on/off: {tps('limited-50%-prediction') / tps('limited-50%'):.2f}x")
+PY
+  # Peak RSS: what llama.cpp needs besides the weights, plus the budget,
+  # plus 32 MiB at most.
+  python3 - "$work/limited-50%.out" "$rss_mib" "$model_mib" <<'PY' || fail=1
+import re, sys
+out = open(sys.argv[1]).read()
+rss = float(re.search(r"peak RSS ([0-9.]+) MiB", out).group(1))
+budget = float(re.search(r"pager budget ([0-9.]+) MiB", out).group(1))
+allowed = float(sys.argv[2]) - float(sys.argv[3]) + budget + 32
+print(f"{'':26} peak RSS {rss:.1f} MiB, allowed {allowed:.1f} (llama.cpp's own + budget + 32 MiB)")
+sys.exit(0 if rss <= allowed else 1)
 PY
 else
   echo "no memory cgroup can be made here (not root, or no cgroup v1 memory controller): the comparison under a memory limit is skipped"

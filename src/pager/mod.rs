@@ -8,6 +8,8 @@
 //! - `budget.rs`: charges, eviction, the reuse pool, budget waiters;
 //! - `readahead.rs`: what the background readers read next (the narrow
 //!   interface `prefetch` is given);
+//! - `window.rs`: placement windows, where a parent's slices are read in
+//!   place (`Pager::place_slices`);
 //! - `follow.rs`: the budget that follows the memory limit;
 //! - this file: the shared state and the rules checked over it.
 //!
@@ -16,7 +18,10 @@
 //! 2. a slot's `sync` lock (load / evict transitions of that slot)
 //! 3. `Inner::overflow_leases`; an arena's own lock (carving and giving
 //!    back ranges, taken inside the eviction mutex, and on its own when a
-//!    buffer is dropped)
+//!    buffer is dropped); `Inner::placements` (read on a miss, written by
+//!    `place_slices`, nothing taken inside it); a window's page counts
+//!    (taken alone, by a load before its read and after the eviction
+//!    mutex is released)
 //! 4. the policy's own locks (the MoE experts' state and shadow caches,
 //!    then the learner, then the kept schedules): leaves, taken inside the
 //!    eviction mutex by `choose_victim`, and on their own on a dense miss,
