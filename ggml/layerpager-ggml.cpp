@@ -269,8 +269,9 @@ const expert_tensor * expert_tensor_of(layerpager_ggml * lg, const ggml_tensor *
 // router's argsort) names, in ascending order.
 std::vector<int32_t> routed_experts(const ggml_tensor * ids, int64_t n_expert) {
     std::vector<int32_t> picks;
-    if (ids == nullptr || ids->type != GGML_TYPE_I32 || ids->data == nullptr) {
-        return picks;
+    if (ids == nullptr || ids->type != GGML_TYPE_I32 || ids->data == nullptr || ids->buffer == nullptr ||
+        !ggml_backend_buffer_is_host(ids->buffer)) {
+        return picks;  // not readable here (a router on another device): nothing known
     }
     for (int64_t t = 0; t < ids->ne[1]; t++) {
         for (int64_t j = 0; j < ids->ne[0]; j++) {
@@ -336,7 +337,7 @@ void observe_routing(layerpager_ggml * lg, int layer, const ggml_tensor * topk) 
         lg->moe.predicted_unrouted_bytes += (L.predicted.size() - right.size()) * unit;
         L.predicted.clear();
     }
-    if (lg->trace != nullptr) {
+    if (lg->trace != nullptr && !picks.empty()) {
         // One line per token and layer: token, layer, its experts.
         const uint64_t first_token = lg->moe.tokens - (uint64_t) topk->ne[1];
         for (int64_t t = 0; t < topk->ne[1]; t++) {
@@ -360,7 +361,8 @@ void observe_routing(layerpager_ggml * lg, int layer, const ggml_tensor * topk) 
 void predict_next_layer(layerpager_ggml * lg, int layer, const ggml_tensor * hidden) {
     const int next = layer + 1;
     if (!lg->predict || lg->n_used == 0 || next >= (int) lg->layers.size() || lg->layers[next].parents.empty() ||
-        hidden == nullptr || hidden->type != GGML_TYPE_F32 || hidden->nb[0] != sizeof(float) || hidden->ne[1] > 8) {
+        hidden == nullptr || hidden->type != GGML_TYPE_F32 || hidden->nb[0] != sizeof(float) || hidden->ne[1] > 8 ||
+        hidden->buffer == nullptr || !ggml_backend_buffer_is_host(hidden->buffer)) {
         return;  // a batch routes to many experts anyway: no prediction
     }
     moe_layer & L = lg->layers[next];

@@ -30,7 +30,11 @@
 // hints the routed experts at once, and has each MUL_MAT_ID acquire only
 // the experts its ids name; with predict_experts, the next layer's router
 // applied to this layer's input names likely experts, and the confident
-// guesses are hinted a layer early (read-aheads: never at a demand's cost). A batch must fit one expert tensor's routed
+// guesses are hinted a layer early (read-aheads: never at a demand's cost);
+// it keeps a copy of each router it uses (n_embd x n_expert floats per
+// layer, 18 KiB for SmolLM2's, 1 MiB for Qwen3-30B-A3B's) outside the budget.
+// The routing is read on the host: a router computed on another device is
+// not seen (its experts are then acquired as MUL_MAT_ID names them, unhinted). A batch must fit one expert tensor's routed
 // experts in the budget beside what is in use, or decode fails with a
 // message naming the budget it needs.
 //
@@ -96,7 +100,8 @@ uint64_t layerpager_ggml_model_bytes(layerpager_ggml * lg);
 bool layerpager_ggml_take_error(layerpager_ggml * lg);
 
 // Copies the MoE figures into *out; false (and *out untouched) when the
-// model has no expert tensors.
+// model has no expert tensors. Call it between llama_decode calls (the eval
+// callback updates the figures while a graph computes).
 bool layerpager_ggml_moe(layerpager_ggml * lg, layerpager_ggml_moe_stats * out);
 
 // Writes the routing to `path` from now on, one line per token and MoE

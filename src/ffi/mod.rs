@@ -409,7 +409,8 @@ pub unsafe extern "C" fn pager_split_experts(
 /// in place) and committed only where a slice is resident; each slice is
 /// charged the whole pages it touches. In the mmap io mode the range is the
 /// file's mapping. A placed slice's `data` has the file's alignment, not
-/// `opts.alignment`. Call it before acquiring any slice of `parent`;
+/// `opts.alignment`, and its memory is the pager's own, not the engine's
+/// allocator's. Call it before acquiring any slice of `parent`;
 /// calling it again gives the same base. Returns `PAGER_OK`,
 /// `PAGER_ERR_INVALID_ARGUMENT` (NULL, a bad or sliced parent, a slice
 /// already resident), `PAGER_ERR_OUT_OF_MEMORY` (no address space),

@@ -364,7 +364,8 @@ impl Pager {
     /// place) and memory is committed only where a slice is resident; each
     /// slice is charged the whole pages it touches. With the mmap io mode
     /// the range is the mapping itself. A placed slice's data pointer has
-    /// the file's alignment, not the pager's `alignment` option. Call it
+    /// the file's alignment, not the pager's `alignment` option, and its
+    /// memory is the pager's own, not an engine allocator's. Call it
     /// before any slice of `parent` is acquired; calling it again returns
     /// the same base.
     pub fn place_slices(&self, parent: u32) -> Result<*const u8> {
