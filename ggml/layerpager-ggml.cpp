@@ -430,18 +430,24 @@ void predict_next_layer(layerpager_ggml * lg, int layer, const ggml_tensor * hid
 // (the router's top-k, computed already) name; each is then at its
 // e * nb[2] offset from the placement base. Returns false if one failed.
 bool acquire_routed(layerpager_ggml * lg, const ggml_tensor * node, const expert_tensor & x, node_state & state) {
-    const std::vector<int32_t> picks = routed_experts(node->src[2], x.n_expert);
+    std::vector<int32_t> picks = routed_experts(node->src[2], x.n_expert);
     std::vector<uint32_t> ids;
     for (int32_t e : picks) {
         ids.push_back(x.first + (uint32_t) e);
     }
     if (ids.size() > 1) {
-        // The readers fetch the rest while this thread reads the first.
+        // The readers fetch some while this thread reads others.
         pager_hint(lg->pager, ids.data(), ids.size());
     }
     pager_stats_t before;
     pager_stats_init(&before);
     pager_get_stats(lg->pager, &before);
+    // Acquired from the back of the hinted list: the readers take it from
+    // the front, so that this thread reads one while they read another,
+    // instead of waiting for the read a reader has just begun (measured:
+    // fewer waits and 0.7 MiB/token less read at 50%).
+    std::reverse(ids.begin(), ids.end());
+    std::reverse(picks.begin(), picks.end());
     for (size_t i = 0; i < ids.size(); i++) {
         pager_tensor_t t;
         const pager_status_t status = pager_acquire(lg->pager, ids[i], &t);
