@@ -7,11 +7,11 @@
 # models:
 # - greedy generation unpaged, and paged at 100, 50 and 25% of the model in
 #   every io mode, with 0 and 1 readers and with pre-gating on; every run
-#   must give the unpaged token ids, and so must a 64-token prompt at 25%;
+#   must give the unpaged token ids, and so must a 70-token prompt at 25%;
 # - the read MiB per token of the 50% and 25% runs beside LRU, LFU and
 #   Belady expert caches replayed on the routing trace of the same run
 #   (`layerpager plan --moe --trace`);
-# for the 64-expert model: a budget too small for the experts a 64-token
+# for the 64-expert model: a budget too small for the experts a 70-token
 # prompt routes to must fail with a message that names the budget needed,
 # and the budget it names for any batch must then give the unpaged ids;
 # and in a memory cgroup of llama.cpp's own needs + half the weights, page
@@ -32,7 +32,7 @@ cli=${CARGO_TARGET_DIR:-target}/release/layerpager
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 short="The capital of France is"
-long="Paging the weights of a large language model from disk lets a small machine run a model that does not fit in its memory. The pager keeps the experts that the router chooses most often, reads the rest ahead of need, and never passes its budget. Here is a short story about"
+long="Paging the weights of a large language model from disk lets a small machine run a model that does not fit in its memory. The pager keeps the experts that the router chooses most often, reads the rest ahead of need, and never passes its budget. Here is a short story about a small computer that ran a very large model all night long"
 fail=0
 run() { # model name prompt args...
   local model=$1 name=$2 prompt=$3; shift 3
@@ -103,7 +103,7 @@ done
 # A prompt whose experts do not fit: a clear error naming the budget needed,
 # then the budget it names for any batch works.
 model=${models[2]}
-echo "model $(basename "$model"): a 64-token prompt routes to nearly every expert of a block"
+echo "model $(basename "$model"): a 70-token prompt routes to nearly every expert of a block"
 run "$model" unpaged-long "$long" --no-pager
 small=$((29 << 20))
 if "$exe" -m "$model" -p "$long" -n "$tokens" --print-ids --budget "$small" >"$work/small.out" 2>"$work/small.err"; then

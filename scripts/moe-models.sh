@@ -4,9 +4,9 @@
 # prints their paths, one per line:
 #   1. 8 experts, top-2, Q4_1: 30 blocks, 447 MB; an expert's slice is
 #      552,960 bytes (135 pages);
-#   2. 6 experts, top-3, Q8_0: 30 blocks, 574 MB; a slice is 940,032 bytes,
+#   2. 6 experts, top-3, Q8_0: 30 blocks, 557 MB; a slice is 940,032 bytes,
 #      not a page multiple, so neighbours share pages;
-#   3. 64 experts, top-8, Q4_1, 2 blocks, 243 MB: a 64-token prompt routes
+#   3. 64 experts, top-8, Q4_1, 2 blocks, 246 MB: a 70-token prompt routes
 #      to nearly every expert of a block (34 MiB per expert tensor).
 # A model is rebuilt when the script that writes it changes.
 # env: LAYERPAGER_CACHE (default ~/.cache/layerpager), PYTHON (a python with

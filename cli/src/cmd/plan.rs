@@ -8,9 +8,8 @@ use layerpager::index::block_of;
 use layerpager::index::TensorIndex;
 use layerpager::policy::{EvictionPolicy, Lru, ScheduleAware};
 use layerpager::Error;
-use layerpager_tools::moe::{
-    compare, shadow_cost, zoo, MoeComparison, MoeLayout, MoeShape, Routing, RoutingTrace,
-};
+use layerpager_tools::moe::{compare, shadow_cost, zoo, MoeComparison, MoeLayout, MoeShape, Routing};
+use layerpager_tools::routing_trace::RoutingTrace;
 use layerpager_tools::sim::{simulate, Belady, Lfu};
 use layerpager_tools::workload::lower_bound_bytes;
 
