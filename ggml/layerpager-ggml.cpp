@@ -426,6 +426,9 @@ void predict_next_layer(layerpager_ggml * lg, int layer, const ggml_tensor * hid
     hint_experts(lg, next, predicted);
 }
 
+// MiB to one decimal, rounded up: a budget given as printed is enough.
+double mib_rounded_up(uint64_t bytes) { return std::ceil(bytes / 1048576.0 * 10) / 10; }
+
 // A MUL_MAT_ID on a placed expert tensor: acquire only the experts its ids
 // (the router's top-k, computed already) name; each is then at its
 // e * nb[2] offset from the placement base. Returns false if one failed.
@@ -463,8 +466,8 @@ bool acquire_routed(layerpager_ggml * lg, const ggml_tensor * node, const expert
                        "weights in use: it needs a budget of at least %.1f MiB; %.1f MiB holds any batch (all %u "
                        "experts)\n",
                        now.budget_bytes / 1048576.0, ids.size(), ggml_get_name(node->src[0]),
-                       (others + ids.size() * slice_charge) / 1048576.0,
-                       (others + x.n_expert * slice_charge) / 1048576.0, x.n_expert);
+                       mib_rounded_up(others + ids.size() * slice_charge),
+                       mib_rounded_up(others + x.n_expert * slice_charge), x.n_expert);
             } else {
                 LP_LOG("acquire of expert %d of %s failed: %s\n", picks[i], ggml_get_name(node->src[0]),
                        pager_last_error_message());
