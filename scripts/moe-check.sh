@@ -78,8 +78,8 @@ for model in "${models[@]:0:2}"; do
   echo "model $(basename "$model"), $tokens greedy tokens, 1 thread"
   run "$model" unpaged "$short" --no-pager
   run "$model" unpaged-long "$long" --no-pager
-  for spec in "100% pread 1" "50% pread 1" "25% pread 1" "50% direct 1" "50% mmap 1" "50% pread 0" \
-    "25% direct 0" "25% mmap 1"; do
+  for spec in "100% pread 1" "100% direct 0" "100% mmap 0" "50% pread 1" "25% pread 1" "50% direct 1" "50% mmap 1" \
+    "50% pread 0" "25% direct 0" "25% mmap 1"; do
     read -r budget io readers <<<"$spec"
     name="paged-$budget-$io-$readers"
     run "$model" "$name" "$short" --budget "$budget" --io "$io" --readers "$readers" --trace "$work/$name.trace"
