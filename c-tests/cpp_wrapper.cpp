@@ -36,6 +36,21 @@ int main(int argc, char **argv) {
     EXPECT(pager.stats().in_use_bytes == 0);
     EXPECT(pager.stats().misses == 1);
 
+    // Two "experts" of attn_q, placed: the second at base + half, with the parent's bytes.
+    std::uint32_t first = 0;
+    const void *base = nullptr;
+    EXPECT(info.size % 2 == 0);
+    EXPECT(pager.try_split_experts(id, 2, &first).ok());
+    EXPECT(pager.try_place_slices(id, &base).ok() && base != nullptr);
+    {
+      layerpager::Tensor whole = pager.acquire(id);
+      layerpager::Tensor second = pager.acquire(first + 1);
+      EXPECT(second.data() == static_cast<const unsigned char *>(base) + info.size / 2);
+      EXPECT(std::memcmp(second.data(), static_cast<const unsigned char *>(whole.data()) + info.size / 2,
+                         info.size / 2) == 0);
+    }
+    EXPECT(pager.try_place_slices(id, nullptr).code() == PAGER_ERR_INVALID_ARGUMENT);
+
     try {
       pager.acquire("no.such.tensor");
       EXPECT(false);

@@ -202,6 +202,14 @@ class Pager {
   }
   Status set_budget(std::uint64_t bytes) noexcept { return Status(pager_set_budget(p_, bytes)); }
   Status hint(const std::uint32_t *ids, std::size_t n) noexcept { return Status(pager_hint(p_, ids, n)); }
+  /* Mixture of experts: one slice per expert of a merged tensor; expert e is *first + e. */
+  Status try_split_experts(std::uint32_t parent, std::uint32_t n_experts, std::uint32_t *first) noexcept {
+    return Status(pager_split_experts(p_, parent, n_experts, first));
+  }
+  /* The parent's slices read in place: an acquired slice at offset o of the parent is at *base + o. */
+  Status try_place_slices(std::uint32_t parent, const void **base) noexcept {
+    return Status(pager_place_slices(p_, parent, base));
+  }
 
   std::size_t tensor_count() const noexcept { return pager_tensor_count(p_); }
   bool is_open() const noexcept { return p_ != nullptr; }
