@@ -6,7 +6,7 @@
 # and llama-paged (scripts/llama-paged.sh), then for the two 30-block
 # models:
 # - greedy generation unpaged, and paged at 100, 50 and 25% of the model in
-#   every io mode, with 0 and 1 readers and with pre-gating on; every run
+#   each io mode with 0 and 1 readers, and with pre-gating on; every run
 #   must give the unpaged token ids, and so must a 70-token prompt at 25%;
 # - the read MiB per token of the 50% and 25% runs beside LRU, LFU and
 #   Belady expert caches replayed on the routing trace of the same run
@@ -82,12 +82,14 @@ for model in "${models[@]:0:2}"; do
   echo "model $(basename "$model"), $tokens greedy tokens, 1 thread"
   run "$model" unpaged "$short" --no-pager
   run "$model" unpaged-long "$long" --no-pager
-  for spec in "100% pread 1" "100% direct 0" "100% mmap 0" "50% pread 1" "25% pread 1" "50% direct 1" "50% mmap 1" \
-    "50% pread 0" "25% direct 0" "25% mmap 1"; do
-    read -r budget io readers <<<"$spec"
-    name="paged-$budget-$io-$readers"
-    run "$model" "$name" "$short" --budget "$budget" --io "$io" --readers "$readers" --trace "$work/$name.trace"
-    same unpaged "$name"
+  for budget in 100% 50% 25%; do
+    for io in pread direct mmap; do
+      for readers in 1 0; do
+        name="paged-$budget-$io-$readers"
+        run "$model" "$name" "$short" --budget "$budget" --io "$io" --readers "$readers" --trace "$work/$name.trace"
+        same unpaged "$name"
+      done
+    done
   done
   run "$model" paged-50%-prediction "$short" --budget 50% --predict
   same unpaged paged-50%-prediction
