@@ -16,7 +16,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
-#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -68,6 +67,7 @@ struct moe_layer {
     std::vector<float> router_weights;  // read at the first prediction
     bool router_unusable = false;
     std::vector<int32_t> predicted;  // experts pre-gating hinted for this layer's coming tokens
+    std::vector<int32_t> hinted;     // experts hinted at this layer's last top-k
 };
 
 }  // namespace
@@ -265,8 +265,13 @@ const expert_tensor * expert_tensor_of(layerpager_ggml * lg, const ggml_tensor *
     return it == lg->experts.end() ? nullptr : &it->second;
 }
 
-// The distinct experts an ids tensor (I32 [n_used, n_tokens], a view of the
-// router's argsort) names, in ascending order.
+// The j-th expert an ids tensor (I32 [n_used, n_tokens], a view of the
+// router's argsort: rows need not be contiguous) names for token t.
+int32_t pick_at(const ggml_tensor * ids, int64_t t, int64_t j) {
+    return *reinterpret_cast<const int32_t *>(static_cast<const char *>(ids->data) + t * ids->nb[1] + j * ids->nb[0]);
+}
+
+// The distinct experts an ids tensor names, in ascending order.
 std::vector<int32_t> routed_experts(const ggml_tensor * ids, int64_t n_expert) {
     std::vector<int32_t> picks;
     if (ids == nullptr || ids->type != GGML_TYPE_I32 || ids->data == nullptr || ids->buffer == nullptr ||
@@ -275,8 +280,7 @@ std::vector<int32_t> routed_experts(const ggml_tensor * ids, int64_t n_expert) {
     }
     for (int64_t t = 0; t < ids->ne[1]; t++) {
         for (int64_t j = 0; j < ids->ne[0]; j++) {
-            const int32_t e = *reinterpret_cast<const int32_t *>(static_cast<const char *>(ids->data) +
-                                                                 t * ids->nb[1] + j * ids->nb[0]);
+            const int32_t e = pick_at(ids, t, j);
             if (e >= 0 && e < n_expert) {
                 picks.push_back(e);
             }
@@ -343,14 +347,13 @@ void observe_routing(layerpager_ggml * lg, int layer, const ggml_tensor * topk) 
         for (int64_t t = 0; t < topk->ne[1]; t++) {
             fprintf(lg->trace, "%llu %d", (unsigned long long) (first_token + t), layer);
             for (int64_t j = 0; j < topk->ne[0]; j++) {
-                fprintf(lg->trace, " %d",
-                        *reinterpret_cast<const int32_t *>(static_cast<const char *>(topk->data) +
-                                                           t * topk->nb[1] + j * topk->nb[0]));
+                fprintf(lg->trace, " %d", pick_at(topk, t, j));
             }
             fputc('\n', lg->trace);
         }
     }
     hint_experts(lg, layer, picks);
+    L.hinted = picks;
 }
 
 // Pre-gating: after the router of `layer` has its input (node
@@ -438,8 +441,9 @@ bool acquire_routed(layerpager_ggml * lg, const ggml_tensor * node, const expert
     for (int32_t e : picks) {
         ids.push_back(x.first + (uint32_t) e);
     }
-    if (ids.size() > 1) {
-        // The readers fetch some while this thread reads others.
+    if (ids.size() > 1 && picks != lg->layers[x.layer].hinted) {
+        // Not hinted at the top-k (a router this callback cannot read): the
+        // readers fetch some while this thread reads others.
         pager_hint(lg->pager, ids.data(), ids.size());
     }
     pager_stats_t before;

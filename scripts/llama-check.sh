@@ -47,22 +47,15 @@ done
 # The headline: in a memory cgroup limited to what llama.cpp needs besides
 # the weights plus half of them, stock llama.cpp (mmap) against the pager,
 # page cache dropped first, the same tokens required, the pager at 50%.
-cg_rel=$(awk -F: '$2 ~ /(^|,)memory(,|$)/ {print $3}' /proc/self/cgroup)
-cg=/sys/fs/cgroup/memory${cg_rel%/}/llama-check-$$
-if [ -n "$cg_rel" ] && mkdir "$cg" 2>/dev/null; then
-  model_mib=$(grep -o 'of [0-9.]* MiB)' "$work/paged-50%-pread-1-reader.out" | head -1 | tr -dc '0-9.')
-  rss_mib=$(grep -o 'peak RSS [0-9.]* MiB' "$work/unpaged.out" | tr -dc '0-9.')
-  limit=$(python3 -c "print(int(($rss_mib - $model_mib + $model_mib / 2) * 2**20))")
-  echo "$limit" >"$cg/memory.limit_in_bytes"
-  drop_cache() { python3 -c 'import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$model"; }
+model_mib=$(grep -o 'of [0-9.]* MiB)' "$work/paged-50%-pread-1-reader.out" | head -1 | tr -dc '0-9.')
+rss_mib=$(grep -o 'peak RSS [0-9.]* MiB' "$work/unpaged.out" | tr -dc '0-9.')
+limit=$(python3 -c "print(int(($rss_mib - $model_mib + $model_mib / 2) * 2**20))")
+# shellcheck source=scripts/memory-cgroup.sh
+. scripts/memory-cgroup.sh
+if cg=$(make_memory_cgroup llama-check "$limit"); then
   limited() { # name args...
     local name=$1; shift
-    drop_cache
-    sh -c 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"' sh "$cg" \
-      "$exe" -m "$model" -p "$prompt" -n "$tokens" --print-ids "$@" >"$work/$name.out" 2>"$work/$name.err" || {
-      echo "llama-paged $* in the memory cgroup failed:"; tail -3 "$work/$name.err"; rmdir "$cg"; exit 1
-    }
-    grep -E '^[0-9]+$' "$work/$name.out" >"$work/$name.ids"
+    run_limited "$cg" "$model" "$work/$name" "$exe" -m "$model" -p "$prompt" -n "$tokens" --print-ids "$@" || exit 1
     printf '%-28s %s\n' "$name" "$(grep '^llama-paged:' "$work/$name.out")"
   }
   echo "in a memory cgroup of $((limit >> 20)) MiB (llama.cpp's own $(python3 -c "print(round($rss_mib - $model_mib))") MiB + half the weights):"

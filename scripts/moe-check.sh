@@ -126,22 +126,15 @@ fi
 
 # Under a memory limit: stock llama.cpp against the pager.
 model=${models[0]}
-cg_rel=$(awk -F: '$2 ~ /(^|,)memory(,|$)/ {print $3}' /proc/self/cgroup)
-cg=/sys/fs/cgroup/memory${cg_rel%/}/moe-check-$$
-if [ -n "$cg_rel" ] && mkdir "$cg" 2>/dev/null; then
+limit=$(python3 -c "print(int(($rss_mib - $model_mib + $model_mib / 2) * 2**20))")
+# shellcheck source=scripts/memory-cgroup.sh
+. scripts/memory-cgroup.sh
+if cg=$(make_memory_cgroup moe-check "$limit"); then
   cp "$work/first-model.ids" "$work/unpaged.ids"
   cp "$work/first-model.out" "$work/unpaged.out"
-  limit=$(python3 -c "print(int(($rss_mib - $model_mib + $model_mib / 2) * 2**20))")
-  echo "$limit" >"$cg/memory.limit_in_bytes"
-  drop_cache() { python3 -c 'import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$model"; }
   limited() { # name args...
     local name=$1; shift
-    drop_cache
-    sh -c 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"' sh "$cg" \
-      "$exe" -m "$model" -p "$short" -n "$tokens" --print-ids "$@" >"$work/$name.out" 2>"$work/$name.err" || {
-      echo "llama-paged $* in the memory cgroup failed:"; tail -3 "$work/$name.err"; rmdir "$cg"; exit 1
-    }
-    grep -E '^[0-9]+$' "$work/$name.out" >"$work/$name.ids"
+    run_limited "$cg" "$model" "$work/$name" "$exe" -m "$model" -p "$short" -n "$tokens" --print-ids "$@" || exit 1
     printf '%-26s %s\n' "$name" "$(grep '^llama-paged: pager\|^llama-paged: no pager' "$work/$name.out" | cut -d'|' -f2-4)"
     same unpaged "$name"
   }
@@ -152,7 +145,7 @@ if [ -n "$cg_rel" ] && mkdir "$cg" 2>/dev/null; then
   limited limited-50%-2-readers --budget 50% --readers 2
   rmdir "$cg"
   # The physical bound: the file read with O_DIRECT in 4 MiB requests, now.
-  drop_cache
+  drop_page_cache "$model"
   dd if="$model" of=/dev/null bs=4M iflag=direct 2>"$work/dd.err" || true
   python3 - "$work" <<'PY'
 import re, sys
