@@ -684,6 +684,7 @@ layerpager_ggml_params layerpager_ggml_default_params(void) {
     pager_options_default(&o);
     layerpager_ggml_params p = {};
     p.budget_bytes = 0;
+    p.budget_share = 0;
     p.io_mode = o.io_mode;
     p.prefetch_threads = o.prefetch_threads;
     p.wait_ms = 1000;
@@ -703,6 +704,28 @@ layerpager_ggml * layerpager_ggml_init(const char * model_path, const layerpager
     o.prefetch_threads = params->prefetch_threads;
     o.wait_ms = params->wait_ms;
     pager_t * pager = nullptr;
+    if (o.budget_bytes == 0 && params->budget_share > 0) {
+        // The share needs the weights' size: an open with no budget reads
+        // only the index. The pager is then opened with the budget, so that
+        // the io mode is chosen for it (O_DIRECT where the file does not fit
+        // beside it).
+        pager_options_t index_only = o;
+        index_only.prefetch_threads = 0;
+        if (pager_open_gguf(model_path, &index_only, &pager) != PAGER_OK) {
+            LP_LOG("open of %s failed: %s\n", model_path, pager_last_error_message());
+            return nullptr;
+        }
+        uint64_t weights = 0;
+        for (size_t i = 0; i < pager_tensor_count(pager); i++) {
+            pager_tensor_info_t info;
+            if (pager_tensor_info(pager, (uint32_t) i, &info) == PAGER_OK) {
+                weights += info.size;
+            }
+        }
+        pager_close(pager);
+        pager = nullptr;
+        o.budget_bytes = std::max<uint64_t>(1, (uint64_t) ((double) weights * params->budget_share));
+    }
     if (pager_open_gguf(model_path, &o, &pager) != PAGER_OK) {
         LP_LOG("open of %s failed: %s\n", model_path, pager_last_error_message());
         return nullptr;

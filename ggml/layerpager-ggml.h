@@ -57,7 +57,9 @@
 struct layerpager_ggml;
 
 struct layerpager_ggml_params {
-    uint64_t budget_bytes;      // bytes of weights kept resident; 0 = unlimited
+    uint64_t budget_bytes;      // bytes of weights kept resident; 0 = unlimited (or budget_share)
+    double budget_share;        // when budget_bytes is 0: the budget as a share of the weights (0.5 = half);
+                                // 0 = unlimited. Given at open, so that PAGER_IO_AUTO chooses for it
     uint32_t io_mode;           // PAGER_IO_AUTO (default), PAGER_IO_PREAD, PAGER_IO_DIRECT, PAGER_IO_MMAP
     uint32_t prefetch_threads;  // background readers; default 1
     uint32_t wait_ms;           // how long an acquire waits for budget held by other threads

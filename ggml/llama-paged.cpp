@@ -4,10 +4,15 @@
 //     llama-paged -m MODEL.gguf [--budget 50%|BYTES] [-p PROMPT] [-n TOKENS]
 //                 [--no-pager] [--print-ids] [--io pread|direct|mmap]
 //                 [--readers N] [-t THREADS] [--trace FILE] [--predict]
+//                 [--compute-ms MS]
 //
 // Prints the text (with --print-ids, one token id per line instead), then
 // one line of figures: tokens/s, CPU ms per token, MiB read per token and
-// its bound (model minus budget), peak resident vs budget, peak RSS; for a
+// its bound (model minus budget), peak resident vs budget, peak RSS, the
+// raw O_DIRECT speed of the file measured before the run, and the tokens/s
+// that speed allows: max(compute, bytes read / raw speed) per token, with
+// the run's share of it (--compute-ms gives the compute time per token of
+// a run without the pager; without it, only the reads bound); for a
 // mixture-of-experts model a second line: MiB routed and read per token,
 // the expert hit ratio, and how often pre-gating named the routed experts.
 // --trace FILE writes the routing (token, layer, experts) for `layerpager
@@ -16,6 +21,7 @@
 
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <chrono>
 #include <clocale>
 #include <cstdio>
@@ -30,7 +36,8 @@
 static void usage(const char * argv0) {
     fprintf(stderr,
             "usage: %s -m MODEL.gguf [--budget 50%%|BYTES] [-p PROMPT] [-n TOKENS] [--no-pager] [--print-ids]\n"
-            "          [--io pread|direct|mmap] [--readers N] [-t THREADS] [--trace FILE] [--predict]\n",
+            "          [--io pread|direct|mmap] [--readers N] [-t THREADS] [--trace FILE] [--predict]\n"
+            "          [--compute-ms MS]\n",
             argv0);
 }
 
@@ -69,6 +76,7 @@ int main(int argc, char ** argv) {
     bool use_pager = true;
     bool print_ids = false;
     std::string trace_path;
+    double compute_ms = 0;
     layerpager_ggml_params lp = layerpager_ggml_default_params();
 
     for (int i = 1; i < argc; i++) {
@@ -100,6 +108,8 @@ int main(int argc, char ** argv) {
             }
         } else if (a == "--trace" && has_value) {
             trace_path = argv[++i];
+        } else if (a == "--compute-ms" && has_value) {
+            compute_ms = atof(argv[++i]);
         } else if (a == "--predict") {
             lp.predict_experts = true;
         } else if (a == "--no-pager") {
@@ -129,24 +139,38 @@ int main(int argc, char ** argv) {
     ctx_params.n_threads = n_threads;
     ctx_params.n_threads_batch = n_threads;
 
+    // The physical bound: the file's raw O_DIRECT speed, measured before
+    // anything is loaded (so that its buffers add nothing to the peak).
+    double raw = 0;
+    uint32_t depth = 0;
+    if (use_pager && pager_measure_read_speed(model_path.c_str(), &raw, &depth) != PAGER_OK) {
+        fprintf(stderr, "llama-paged: raw speed of %s: %s\n", model_path.c_str(), pager_last_error_message());
+    }
+
     // The pager: opened on the model file, wired into both parameter sets.
     layerpager_ggml * pager = nullptr;
     uint64_t budget = 0;
     if (use_pager) {
+        // A share of the model is given to init as one, so that the io mode
+        // is chosen for the budget it comes to.
+        char * end = nullptr;
+        const double v = strtod(budget_arg.c_str(), &end);
+        if (end == budget_arg.c_str() || v <= 0) {
+            fprintf(stderr, "llama-paged: budget %s: not a size or a share of the model\n", budget_arg.c_str());
+            return 1;
+        }
+        if (*end == '%') {
+            lp.budget_share = v / 100.0;
+        } else {
+            lp.budget_bytes = (uint64_t) v;
+        }
         pager = layerpager_ggml_init(model_path.c_str(), &lp);
         if (pager == nullptr) {
             return 1;
         }
-        // The budget as a share of the model: known once the pager has read
-        // the index (nothing is read ahead before the first pass).
-        const uint64_t model_bytes = layerpager_ggml_model_bytes(pager);
-        char * end = nullptr;
-        const double v = strtod(budget_arg.c_str(), &end);
-        budget = end && *end == '%' ? (uint64_t) (model_bytes * v / 100.0) : (uint64_t) v;
-        if (pager_set_budget(layerpager_ggml_pager(pager), budget) != PAGER_OK) {
-            fprintf(stderr, "llama-paged: budget %s: %s\n", budget_arg.c_str(), pager_last_error_message());
-            return 1;
-        }
+        pager_stats_t opened;
+        pager_stats_init(&opened);
+        budget = pager_get_stats(layerpager_ggml_pager(pager), &opened) == PAGER_OK ? opened.budget_bytes : 0;
         layerpager_ggml_wire(pager, &model_params, &ctx_params);
         if (!trace_path.empty() && !layerpager_ggml_set_trace(pager, trace_path.c_str())) {
             return 1;
@@ -229,11 +253,19 @@ int main(int argc, char ** argv) {
         pager_get_stats(layerpager_ggml_pager(pager), &after);
         const uint64_t model_bytes = layerpager_ggml_model_bytes(pager);
         const uint64_t bound = model_bytes > budget && budget > 0 ? model_bytes - budget : 0;
+        const double read_per_token = (double) (after.bytes_read - before.bytes_read) / measured;
+        char bound_text[160] = "raw speed not measured";
+        if (raw > 0) {
+            const double bound_s = std::max(compute_ms / 1000.0, read_per_token / raw);
+            snprintf(bound_text, sizeof bound_text, "raw O_DIRECT %.2f GB/s (depth %u) | bound %.2f tokens/s%s | %.2fx the bound",
+                     raw / 1e9, depth, 1.0 / bound_s, compute_ms > 0 ? "" : " (reads only)",
+                     (measured / wall) * bound_s);
+        }
         printf("llama-paged: pager budget %.1f MiB (%.0f%% of %.1f MiB) | %.2f tokens/s | %.1f CPU ms/token | "
-               "%.1f MiB read/token (bound %.1f) | peak resident %.1f MiB | peak RSS %.1f MiB\n",
+               "%.1f MiB read/token (bound %.1f) | peak resident %.1f MiB | peak RSS %.1f MiB | %s\n",
                mib(budget), 100.0 * budget / model_bytes, mib(model_bytes), measured / wall, 1000 * cpu / measured,
-               mib(after.bytes_read - before.bytes_read) / measured, mib(bound), mib(after.peak_resident_bytes),
-               mib(peak_rss_bytes()));
+               read_per_token / 1048576.0, mib(bound), mib(after.peak_resident_bytes),
+               mib(peak_rss_bytes()), bound_text);
         layerpager_ggml_moe_stats moe;
         if (layerpager_ggml_moe(pager, &moe)) {
             const uint64_t tokens = moe.tokens - moe_before.tokens;

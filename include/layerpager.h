@@ -453,6 +453,26 @@ const char *pager_last_error_message(void);
 const char *pager_version(void);
 
 /**
+ * Measures how fast the device reads the file at `path` with `O_DIRECT`
+ * (no page cache): 1 MiB requests at queue depths 1, 2, 4 and 8 (io_uring
+ * where the kernel has it), up to 256 MiB each spread over the file. Writes
+ * the best speed in bytes per second to `*out_bytes_per_second` and its
+ * depth to `*out_depth` (`out_depth` may be NULL). This is the physical
+ * bound a pass's reads are measured against: bytes read / this speed.
+ * Reads the file for a second or so; opens no pager.
+ *
+ * Returns `PAGER_OK`, `PAGER_ERR_INVALID_ARGUMENT` (NULL path or speed,
+ * non-UTF-8 path), `PAGER_ERR_IO`, `PAGER_ERR_PANIC`. Thread-safe.
+ *
+ * # Safety
+ * `path` is NULL or a NUL-terminated string; `out_bytes_per_second` is NULL
+ * or writable; `out_depth` is NULL or writable.
+ */
+enum pager_status_t pager_measure_read_speed(const char *path,
+                                             double *out_bytes_per_second,
+                                             uint32_t *out_depth);
+
+/**
  * Number of tensors (ids are 0..count-1, file order, then slices); 0 if
  * `p` is NULL, closed or invalid. Thread-safe.
  *

@@ -8,6 +8,10 @@
 //! same window at once; single-flight loads keep them from reading a tensor
 //! twice, so they spread over consecutive tensors.
 //!
+//! Each reader keeps several requests in flight through its own
+//! [`ReadQueue`] (io_uring where the kernel offers it), so that small
+//! tensors and expert slices do not pay a round trip each.
+//!
 //! Nothing here waits for budget: a read-ahead that does not fit stops, and
 //! starts again when the engine's position moves.
 
@@ -18,6 +22,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::source::ReadQueue;
 
 /// What the readers need of the pager, and all they see of it (the pager
 /// implements it; this module does not know the pager).
@@ -26,11 +31,11 @@ pub(crate) trait ReadAheadTarget: Send + Sync {
     fn is_closed(&self) -> bool;
     /// A counter that changes whenever the engine moves along the schedule.
     fn schedule_position(&self) -> u64;
-    /// Reads `id` now, for an explicit request; errors are the later
-    /// acquire's to report.
-    fn read_now(&self, id: u32);
-    /// Reads ahead along the schedule, at most `max` tensors looked at.
-    fn read_ahead(&self, max: usize);
+    /// Reads the explicit requests `next_request` yields (in order), then
+    /// ahead along the schedule, with up to `queue`'s depth of requests in
+    /// flight; returns when nothing more fits and nothing is in flight.
+    /// Errors are the later acquire's to report.
+    fn read(&self, next_request: &mut dyn FnMut() -> Option<u32>, queue: &mut ReadQueue);
 }
 
 /// Most explicit requests kept queued; the oldest are dropped first.
@@ -142,18 +147,16 @@ impl Drop for Prefetcher {
 
 fn worker(shared: &Shared, pager: &dyn ReadAheadTarget) {
     let mut seen_position = u64::MAX;
+    let mut queue = ReadQueue::new();
     loop {
-        let explicit = {
+        {
             let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
             loop {
                 if q.stop || pager.is_closed() {
                     return;
                 }
-                if let Some(id) = q.ids.pop_front() {
-                    break Some(id);
-                }
-                if pager.schedule_position() != seen_position {
-                    break None;
+                if !q.ids.is_empty() || pager.schedule_position() != seen_position {
+                    break;
                 }
                 shared.idle.fetch_add(1, Ordering::SeqCst);
                 // The timeout is a safety net for a poke that raced with
@@ -165,13 +168,15 @@ fn worker(shared: &Shared, pager: &dyn ReadAheadTarget) {
                     .0;
                 shared.idle.fetch_sub(1, Ordering::SeqCst);
             }
-        };
-        match explicit {
-            Some(id) => pager.read_now(id),
-            None => {
-                seen_position = pager.schedule_position();
-                pager.read_ahead(READ_AHEAD_MAX);
-            }
         }
+        seen_position = pager.schedule_position();
+        let mut next_request = || {
+            let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+            if q.stop {
+                return None;
+            }
+            q.ids.pop_front()
+        };
+        pager.read(&mut next_request, &mut queue);
     }
 }

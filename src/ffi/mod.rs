@@ -55,6 +55,41 @@ pub extern "C" fn pager_version() -> *const c_char {
     VERSION_C.as_ptr() as *const c_char
 }
 
+/// Measures how fast the device reads the file at `path` with `O_DIRECT`
+/// (no page cache): 1 MiB requests at queue depths 1, 2, 4 and 8 (io_uring
+/// where the kernel has it), up to 256 MiB each spread over the file. Writes
+/// the best speed in bytes per second to `*out_bytes_per_second` and its
+/// depth to `*out_depth` (`out_depth` may be NULL). This is the physical
+/// bound a pass's reads are measured against: bytes read / this speed.
+/// Reads the file for a second or so; opens no pager.
+///
+/// Returns `PAGER_OK`, `PAGER_ERR_INVALID_ARGUMENT` (NULL path or speed,
+/// non-UTF-8 path), `PAGER_ERR_IO`, `PAGER_ERR_PANIC`. Thread-safe.
+///
+/// # Safety
+/// `path` is NULL or a NUL-terminated string; `out_bytes_per_second` is NULL
+/// or writable; `out_depth` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn pager_measure_read_speed(
+    path: *const c_char,
+    out_bytes_per_second: *mut f64,
+    out_depth: *mut u32,
+) -> pager_status_t {
+    run(|| {
+        // SAFETY: as documented for the caller.
+        let path = unsafe { c_str(path, "path") }?;
+        let out = non_null_mut(out_bytes_per_second, "out_bytes_per_second")?;
+        let speed = crate::source::raw_direct_speed(std::path::Path::new(path))?;
+        // SAFETY: checked non-NULL; the caller made it writable.
+        unsafe { *out = speed.bytes_per_second };
+        if !out_depth.is_null() {
+            // SAFETY: non-NULL and writable, as documented.
+            unsafe { *out_depth = speed.depth as u32 };
+        }
+        Ok(())
+    })
+}
+
 /// Runs `f` on a registered call to the pager `p` inside the boundary; a
 /// caught panic poisons the pager.
 fn on_handle(p: *const pager_t, f: impl FnOnce(&Entered<'_>) -> Result<()>) -> pager_status_t {

@@ -21,6 +21,12 @@ use crate::source::{Arena, FreshChunk, TensorBuffer};
 /// Chunks an arena takes from the engine's allocator when there is no budget.
 const UNLIMITED_ARENA_CHUNK: u64 = 256 << 20;
 
+/// How recently (in acquisitions, or an eighth of a pass if more) a
+/// streamed tensor must have been loaded for a read-ahead to take its
+/// buffer for being the right size: one streamed long ago may have been
+/// about to become one the pass keeps.
+const RECENTLY_STREAMED: u64 = 16;
+
 /// How often a thread waiting for budget looks again even if nobody woke it.
 const BUDGET_WAIT_POLL: Duration = Duration::from_millis(100);
 
@@ -189,13 +195,17 @@ fn declined() -> Error {
 /// The charged tensors as eviction candidates: resident, idle (or, for a
 /// read-ahead, in use: once released it may be the better victim), not
 /// pinned, nobody waiting for it, not `exclude`; spared while
-/// `spare_read_ahead` if read ahead and not used yet.
+/// `spare_read_ahead` if read ahead and not used yet; with
+/// `streamed_since`, only tensors loaded at or after that position; with
+/// `charged_within`, only tensors charged between those bytes (inclusive).
 struct Evictable<'a> {
     inner: &'a Inner,
     charged: &'a ResidentSet,
     exclude: u32,
     spare_read_ahead: bool,
     read_ahead: bool,
+    streamed_since: Option<u64>,
+    charged_within: Option<(u64, u64)>,
 }
 
 impl Candidates for Evictable<'_> {
@@ -212,6 +222,12 @@ impl Candidates for Evictable<'_> {
             && s.waiters.load(Ordering::SeqCst) == 0
             && !(self.spare_read_ahead && w & PREFETCHED != 0)
             && (in_use_of(w) == 0 || self.read_ahead)
+            && self
+                .streamed_since
+                .map_or(true, |since| s.loaded_at.load(Ordering::Relaxed) >= since)
+            && self.charged_within.map_or(true, |(least, most)| {
+                (least..=most).contains(&s.charge.load(Ordering::Relaxed))
+            })
     }
 }
 
@@ -352,11 +368,13 @@ impl Inner {
                 // evicting (ranges go back and coalesce), or by giving a
                 // wholly free chunk back so that a larger one fits.
                 // (A read-ahead never gives chunks back: the allocator is slow.)
-                if self.evict_one_for(&mut g, id, readahead.then_some(id)) || (!readahead && g.free_one()) {
+                if self.evict_one_for(&mut g, id, readahead.then_some(id), intent, charge, false)
+                    || (!readahead && g.free_one())
+                {
                     continue;
                 }
             } else if g.resident_bytes + charge > budget {
-                if self.evict_one_for(&mut g, id, readahead.then_some(id)) {
+                if self.evict_one_for(&mut g, id, readahead.then_some(id), intent, charge, wants_buffer) {
                     continue;
                 }
             } else if g.free_one() {
@@ -461,9 +479,47 @@ impl Inner {
     }
 
     /// Evicts the policy's victim among idle unpinned tensors other than
-    /// `exclude`; with `incoming`, only one needed later than it. Returns
-    /// whether something was evicted. Called with the eviction mutex held.
-    pub(super) fn evict_one_for(&self, g: &mut EvictState, exclude: u32, incoming: Option<u32>) -> bool {
+    /// `exclude`; with `incoming`, only one needed later than it; for a
+    /// read-ahead along the schedule, only one streamed through the budget
+    /// (loaded less than a pass ago), never one the pass keeps, and at
+    /// most twice the `charge` it makes room for (a large tensor evicted
+    /// for a small one is read again for nothing); of those, with
+    /// `exact_reuse`, one loaded recently whose buffer is `charge` bytes
+    /// when there is one (all are read again next pass, and the exact size
+    /// is reused as it is, with no page faulted in or given back). Returns whether
+    /// something was evicted. Called with the eviction mutex held.
+    pub(super) fn evict_one_for(
+        &self,
+        g: &mut EvictState,
+        exclude: u32,
+        incoming: Option<u32>,
+        intent: Intent,
+        charge: u64,
+        exact_reuse: bool,
+    ) -> bool {
+        let pass = self.policy.pass_length();
+        let streamed_since =
+            (intent == Intent::ReadAhead && pass > 0).then(|| self.policy.position().saturating_sub(pass));
+        if let (Some(_), true) = (streamed_since, exact_reuse) {
+            let same_size = Evictable {
+                inner: self,
+                charged: &g.charged,
+                exclude,
+                spare_read_ahead: false,
+                read_ahead: true,
+                streamed_since: Some(
+                    self.policy
+                        .position()
+                        .saturating_sub(RECENTLY_STREAMED.max(pass / 8)),
+                ),
+                charged_within: Some((charge, charge)),
+            };
+            if let Some(victim) = self.policy.choose_victim(&same_size, incoming) {
+                if in_use_of(self.slot_unchecked(victim).load_word()) == 0 && self.evict_one(g, victim) {
+                    return true;
+                }
+            }
+        }
         // A demand first spares what the readers brought in for the passes
         // ahead (it is needed soon, or they would not have read it), and
         // takes it back only when nothing else can go.
@@ -475,6 +531,8 @@ impl Inner {
                 exclude,
                 spare_read_ahead,
                 read_ahead: incoming.is_some(),
+                streamed_since,
+                charged_within: streamed_since.map(|_| (0, 2 * charge)),
             };
             let Some(victim) = self.policy.choose_victim(&candidates, incoming) else {
                 if spare_read_ahead {
@@ -499,7 +557,7 @@ impl Inner {
     /// bytes are held or nothing more can go.
     pub(super) fn evict_down(&self, g: &mut EvictState, target: u64) {
         while g.held() > target {
-            if !g.free_one() && !self.evict_one_for(g, u32::MAX, None) {
+            if !g.free_one() && !self.evict_one_for(g, u32::MAX, None, Intent::Acquire, 0, false) {
                 return;
             }
         }

@@ -130,6 +130,7 @@ impl Pager {
             demands_waiting: AtomicUsize::new(0),
             pass_started: AtomicBool::new(false),
             readahead_waits_for_release: AtomicBool::new(false),
+            schedule_reader: Mutex::new(()),
             closed: AtomicBool::new(false),
             misses: AtomicU64::new(0),
             prefetch_hits: AtomicU64::new(0),

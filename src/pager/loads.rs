@@ -70,18 +70,7 @@ impl Inner {
                     }
                 }
                 ABSENT => {
-                    if slot
-                        .word
-                        .compare_exchange(
-                            w,
-                            (w & !(PINNED | PREFETCHED))
-                                | LOADING
-                                | if intent.is_guess() { PREFETCHED } else { 0 },
-                            Ordering::AcqRel,
-                            Ordering::Acquire,
-                        )
-                        .is_ok()
-                    {
+                    if self.claim(id, w, intent) {
                         break self.read_into_slot(id, intent);
                     }
                 }
@@ -185,17 +174,46 @@ impl Inner {
         Ok(())
     }
 
+    /// Makes this thread the owner of `id`'s load if its state word is
+    /// still `w` (ABSENT): the slot becomes LOADING, marked read ahead for
+    /// a guess.
+    pub(super) fn claim(&self, id: u32, w: u64, intent: Intent) -> bool {
+        debug_assert_eq!(state_of(w), ABSENT);
+        self.slot_unchecked(id)
+            .word
+            .compare_exchange(
+                w,
+                (w & !(PINNED | PREFETCHED)) | LOADING | if intent.is_guess() { PREFETCHED } else { 0 },
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
     /// Owner of a LOADING slot: reserve budget, read, publish.
     pub(super) fn read_into_slot(&self, id: u32, intent: Intent) -> Result<()> {
-        let slot = self.slot_unchecked(id);
         let info = self.info_unchecked(id);
         let outcome = self.reserve_and_read(id, info, intent);
+        self.publish(id, intent, outcome)
+    }
+
+    /// Ends the load of `id` this thread owns: resident with the read's
+    /// data, or absent again with its failure for the waiters (a guess
+    /// leaves no failure behind). Wakes whoever waits for the slot.
+    pub(super) fn publish(
+        &self,
+        id: u32,
+        intent: Intent,
+        outcome: Result<(Residence, *mut u8, u64)>,
+    ) -> Result<()> {
+        let slot = self.slot_unchecked(id);
         let mut sync = slot.lock();
         sync.load_generation += 1;
         let result = match outcome {
             Ok((residence, data, charge)) => {
                 sync.residence = Some(residence);
                 sync.failure = None;
+                slot.loaded_at.store(self.policy.position(), Ordering::Relaxed);
                 slot.data.store(data, Ordering::Release);
                 debug_assert_eq!(slot.charge.load(Ordering::Relaxed), charge);
                 let mut word = RESIDENT;
@@ -244,116 +262,185 @@ impl Inner {
             return Ok((Residence::Empty, self.alignment as *mut u8, 0));
         }
         let placement = self.placement_of(id);
-        if let Some((Placement::Window(window), offset)) = placement {
-            return self.read_placed(id, info, intent, window, offset);
-        }
         // A placed slice of a mapped source is handed out where the mapping
         // has it, whatever its alignment.
-        let placed_in_mapping = placement.is_some();
+        let placed_in_mapping = matches!(placement, Some((Placement::Mapped, _)));
         let mapped = self.source.mapped().filter(|m| {
             placed_in_mapping || (m.as_ptr() as usize + info.offset as usize) % self.alignment == 0
         });
-        let charge = match mapped {
-            Some(_) => info.size,
-            None => source::buffer_len_for(self.source.as_ref(), info.offset, info.size) as u64,
+        let Some(map) = mapped else {
+            let landing = self.prepare_read(id, info, intent)?;
+            let started = Instant::now();
+            // The check that the file is still the one indexed is part of
+            // the read.
+            let got = self
+                .source
+                .verify_unchanged()
+                .and_then(|()| self.read_landing(&landing));
+            self.read_ns
+                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            return self.finish_read(id, info, landing, got);
         };
-        let reused = self.reserve(id, charge, intent, mapped.is_none())?;
+        self.reserve(id, info.size, intent, false)?;
+        if intent == Intent::Acquire {
+            // This demand holds its budget: the readers may look ahead now.
+            self.poke_readers();
+        }
+        let started = Instant::now();
+        if let Err(e) = self.source.verify_unchanged() {
+            self.uncharge(id);
+            return Err(e);
+        }
+        self.source.advise_willneed(info.offset, info.size);
+        let bytes = &map[info.offset as usize..(info.offset + info.size) as usize];
+        touch_pages(bytes);
+        self.read_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.bytes_read.fetch_add(info.size, Ordering::Relaxed);
+        Ok((Residence::Mapped, bytes.as_ptr() as *mut u8, info.size))
+    }
+
+    /// Reserves the budget of a miss of `id` (a tensor of the file or a
+    /// placed slice, never a mapped one) and the memory its read lands in.
+    /// The landing must go to [`Inner::finish_read`], read or not.
+    pub(super) fn prepare_read(&self, id: u32, info: &TensorInfo, intent: Intent) -> Result<Landing> {
+        let block = self.source.direct_alignment().unwrap_or(1);
+        let len = source::buffer_len_for(self.source.as_ref(), info.offset, info.size);
+        let file_start = info.offset - info.offset % block as u64;
+        let head = (info.offset - file_start) as usize;
+        if let Some((Placement::Window(window), offset)) = self.placement_of(id) {
+            self.reserve(id, window.charge_for(offset, info.size), intent, false)?;
+            if intent == Intent::Acquire {
+                self.poke_readers();
+            }
+            window.occupy(offset, info.size);
+            // SAFETY: this thread owns the slice's load (its slot is
+            // LOADING) and has occupied its pages; the buffer covers the
+            // slice's own blocks, where a neighbour's bytes are the file's.
+            let ptr = unsafe { window.read_buffer(offset, block as u64, len) }.as_mut_ptr();
+            debug_assert_eq!(
+                ptr.wrapping_add(head) as *const u8,
+                window.base().wrapping_add(offset as usize)
+            );
+            return Ok(Landing {
+                memory: LandingMemory::Placed(window, offset),
+                file_start,
+                ptr,
+                len,
+                head,
+            });
+        }
+        let charge = len as u64;
+        let reused = self.reserve(id, charge, intent, true)?;
         if intent == Intent::Acquire {
             // This demand holds its budget: the readers may look ahead now.
             self.poke_readers();
         }
         let charge = self.slot_unchecked(id).charge.load(Ordering::Relaxed);
-        let read = move || -> Result<(Residence, *mut u8)> {
-            // The check that the file is still the one indexed is part of
-            // the read.
-            let started = Instant::now();
-            self.source.verify_unchanged()?;
-            let out = if let Some(map) = mapped {
-                self.source.advise_willneed(info.offset, info.size);
-                let bytes = &map[info.offset as usize..(info.offset + info.size) as usize];
-                touch_pages(bytes);
-                (Residence::Mapped, bytes.as_ptr() as *mut u8)
-            } else {
-                let align = self.alignment.max(self.source.direct_alignment().unwrap_or(1));
-                let mut buffer = match reused {
-                    // A pooled mapping of another size: resized here, with
-                    // no lock held; where the OS refuses, a new one.
-                    Some(mut b) if b.len() as u64 != charge => {
-                        if b.resize(charge as usize) {
-                            b
-                        } else {
-                            drop(b);
-                            TensorBuffer::allocate(charge as usize, align)?
-                        }
-                    }
-                    Some(b) => b,
-                    None => TensorBuffer::allocate(charge as usize, align)?,
-                };
-                let data_offset = source::read_tensor(
-                    self.source.as_ref(),
-                    info.offset,
-                    info.size,
-                    self.alignment,
-                    buffer.as_mut_slice(),
-                )
-                .map_err(|e| annotate(e, &self.label(id)))?;
-                let data = buffer.as_mut_slice()[data_offset..].as_mut_ptr();
-                (Residence::Owned(buffer), data)
-            };
-            self.read_ns
-                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            self.bytes_read.fetch_add(info.size, Ordering::Relaxed);
-            Ok(out)
+        let align = self.alignment.max(block);
+        let buffer = match reused {
+            // A pooled mapping of another size: resized here, with no lock
+            // held; where the OS refuses, a new one.
+            Some(mut b) if b.len() as u64 != charge => {
+                if b.resize(charge as usize) {
+                    Ok(b)
+                } else {
+                    drop(b);
+                    TensorBuffer::allocate(charge as usize, align)
+                }
+            }
+            Some(b) => Ok(b),
+            None => TensorBuffer::allocate(charge as usize, align),
         };
-        match read() {
-            Ok((residence, data)) => Ok((residence, data, charge)),
+        let mut buffer = match buffer {
+            Ok(b) => b,
             Err(e) => {
                 self.uncharge(id);
-                Err(e)
+                return Err(e);
             }
+        };
+        let ptr = buffer.as_mut_slice().as_mut_ptr();
+        Ok(Landing {
+            memory: LandingMemory::Owned(buffer),
+            file_start,
+            ptr,
+            len,
+            head,
+        })
+    }
+
+    /// Reads a landing here and now; returns the bytes read.
+    fn read_landing(&self, landing: &Landing) -> Result<usize> {
+        // SAFETY: the landing's memory is this load's own for `len` bytes
+        // (see `Landing`).
+        let buf = unsafe { std::slice::from_raw_parts_mut(landing.ptr, landing.len) };
+        if self.source.direct_alignment().is_some() {
+            self.source.read_direct_at(landing.file_start, buf)
+        } else {
+            self.source.read_exact_at(landing.file_start, buf)?;
+            Ok(buf.len())
         }
     }
 
-    /// Reads slice `id` into its place in its parent's window.
-    fn read_placed(
+    /// Ends the read of a landing: `got` bytes from its start, or the
+    /// read's failure. On success the tensor's data and residence; on
+    /// failure (a short read included) the budget and pages go back.
+    pub(super) fn finish_read(
         &self,
         id: u32,
         info: &TensorInfo,
-        intent: Intent,
-        window: Arc<Window>,
-        offset: u64,
+        landing: Landing,
+        got: Result<usize>,
     ) -> Result<(Residence, *mut u8, u64)> {
-        self.reserve(id, window.charge_for(offset, info.size), intent, false)?;
-        if intent == Intent::Acquire {
-            self.poke_readers();
-        }
+        let Landing {
+            memory,
+            file_start,
+            ptr,
+            len,
+            head,
+        } = landing;
+        let size = info.size as usize;
+        let got = got.and_then(|got| {
+            if got < head + size {
+                Err(Error::Io {
+                    context: format!(
+                        "read of {len} bytes at offset {file_start} from {}",
+                        self.source.describe()
+                    ),
+                    errno: 0,
+                    message: format!("short read: {got} bytes"),
+                })
+            } else {
+                Ok(got)
+            }
+        });
         let charge = self.slot_unchecked(id).charge.load(Ordering::Relaxed);
-        window.occupy(offset, info.size);
-        let read = || -> Result<*mut u8> {
-            let started = Instant::now();
-            self.source.verify_unchanged()?;
-            let block = self.source.direct_alignment().unwrap_or(1);
-            let len = source::buffer_len_for(self.source.as_ref(), info.offset, info.size);
-            // SAFETY: this thread owns the slice's load (its slot is
-            // LOADING) and has occupied its pages; the buffer covers the
-            // slice's own blocks, where a neighbour's bytes are the file's.
-            let buffer = unsafe { window.read_buffer(offset, block as u64, len) };
-            // Alignment 1: the data stays where the read put it, in place.
-            let head = source::read_tensor(self.source.as_ref(), info.offset, info.size, 1, buffer)
-                .map_err(|e| annotate(e, &self.label(id)))?;
-            let data = buffer[head..].as_mut_ptr();
-            debug_assert_eq!(data as *const u8, window.base().wrapping_add(offset as usize));
-            self.read_ns
-                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            self.bytes_read.fetch_add(info.size, Ordering::Relaxed);
-            Ok(data)
-        };
-        match read() {
-            Ok(data) => Ok((Residence::Placed(window, offset, info.size), data, charge)),
-            Err(e) => {
-                window.vacate(offset, info.size);
+        match (got, memory) {
+            (Ok(_), LandingMemory::Placed(window, offset)) => {
+                self.bytes_read.fetch_add(info.size, Ordering::Relaxed);
+                // SAFETY: head + size <= len, inside the landing.
+                let data = unsafe { ptr.add(head) };
+                Ok((Residence::Placed(window, offset, info.size), data, charge))
+            }
+            (Ok(_), LandingMemory::Owned(buffer)) => {
+                self.bytes_read.fetch_add(info.size, Ordering::Relaxed);
+                let data = if head % self.alignment == 0 {
+                    // SAFETY: as above.
+                    unsafe { ptr.add(head) }
+                } else {
+                    // SAFETY: source and destination lie in the buffer this
+                    // load owns; `copy` allows them to overlap.
+                    unsafe { std::ptr::copy(ptr.add(head), ptr, size) };
+                    ptr
+                };
+                Ok((Residence::Owned(buffer), data, charge))
+            }
+            (Err(e), memory) => {
+                if let LandingMemory::Placed(window, offset) = memory {
+                    window.vacate(offset, info.size);
+                }
                 self.uncharge(id);
-                Err(e)
+                Err(annotate(e, &self.label(id)))
             }
         }
     }
@@ -386,6 +473,26 @@ impl Inner {
         self.wake_budget_waiters();
         Ok(())
     }
+}
+
+/// Where the read of a miss lands: budget reserved, memory in hand.
+pub(super) struct Landing {
+    memory: LandingMemory,
+    /// The file offset of the first byte read (block-aligned for O_DIRECT).
+    pub(super) file_start: u64,
+    /// The memory the read fills, `len` bytes, owned by the load (its slot
+    /// is LOADING) until [`Inner::finish_read`].
+    pub(super) ptr: *mut u8,
+    pub(super) len: usize,
+    /// Where the tensor's first byte lands, from `ptr`.
+    head: usize,
+}
+
+enum LandingMemory {
+    /// A buffer of the tensor's own.
+    Owned(TensorBuffer),
+    /// Its place in its parent's window, at this offset in the parent.
+    Placed(Arc<Window>, u64),
 }
 
 /// Adds which tensor was being read to an I/O error.

@@ -8,6 +8,8 @@
 //! - `budget.rs`: charges, eviction, the reuse pool, budget waiters;
 //! - `readahead.rs`: what the background readers read next (the narrow
 //!   interface `prefetch` is given);
+//! - `requests.rs`: those reads coalesced into requests, several in
+//!   flight, published as each ends;
 //! - `window.rs`: placement windows, where a parent's slices are read in
 //!   place (`Pager::place_slices`);
 //! - `follow.rs`: the budget that follows the memory limit;
@@ -53,6 +55,7 @@ mod follow;
 mod loads;
 mod options;
 mod readahead;
+mod requests;
 mod slot;
 mod window;
 
@@ -108,6 +111,10 @@ pub(crate) struct Inner {
     /// A read-ahead stopped because a tensor in use will be the better
     /// victim once released: the next release wakes the readers.
     readahead_waits_for_release: AtomicBool,
+    /// Held by the one reader that reads ahead along the schedule: several
+    /// readers claiming ahead at once race each other into the budget the
+    /// pass keeps (one reader keeps several requests in flight).
+    schedule_reader: Mutex<()>,
     /// Set by the first acquisition: read-ahead along the schedule starts
     /// only once the engine has started a pass.
     pass_started: AtomicBool,

@@ -6,9 +6,11 @@ use std::sync::atomic::Ordering;
 
 use super::budget::EvictState;
 use super::loads::Intent;
+use super::requests::Flights;
 use super::slot::{state_of, ABSENT};
 use super::Inner;
-use crate::prefetch::ReadAheadTarget;
+use crate::prefetch::{ReadAheadTarget, READ_AHEAD_MAX};
+use crate::source::ReadQueue;
 
 /// How far the read-ahead runs ahead of the engine when there is no budget
 /// (at least two of the largest tensor).
@@ -61,6 +63,156 @@ impl ReadAheadTarget for Inner {
         self.policy.position()
     }
 
+    fn read(&self, next_request: &mut dyn FnMut() -> Option<u32>, queue: &mut ReadQueue) {
+        // One reader at a time reads ahead along the schedule; the others
+        // serve explicit requests.
+        let schedule_reader = self.schedule_reader.try_lock().ok();
+        let flights = self.source.batch_target().map(Flights::new);
+        let Some(Ok(mut flights)) = flights else {
+            // A source read one request at a time (or no scratch memory).
+            while let Some(id) = next_request() {
+                self.read_now(id);
+            }
+            if schedule_reader.is_some() {
+                self.read_ahead(READ_AHEAD_MAX);
+            }
+            return;
+        };
+        loop {
+            if queue.has_room() && self.check_open().is_ok() {
+                self.plan_requests(next_request, &mut flights, queue);
+                // The engine's own requests first, as one at a time would.
+                if schedule_reader.is_some() && queue.has_room() && !flights.has_explicit() {
+                    self.plan_read_ahead(&mut flights, queue);
+                }
+                if flights.is_building() {
+                    // The check that the file is still the one indexed is
+                    // part of the read.
+                    match self.source.verify_unchanged() {
+                        Ok(()) => flights.submit(queue),
+                        Err(e) => self.abandon_building(&mut flights, e),
+                    }
+                }
+            }
+            match queue.wait() {
+                // Room changed hands and the engine may have moved: plan
+                // again.
+                Some(done) => self.end_request(&mut flights, done),
+                None => {
+                    debug_assert!(flights.is_empty());
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Claims the explicit requests `next_request` yields, in order, into
+    /// requests while the queue has room.
+    fn plan_requests(
+        &self,
+        next_request: &mut dyn FnMut() -> Option<u32>,
+        flights: &mut Flights,
+        queue: &mut ReadQueue,
+    ) {
+        while queue.has_room() {
+            // One at a time: a hint claimed early makes room before the
+            // engine has released the experts it just used, the better
+            // victims (claiming a router's whole list at once read 3% more
+            // at a quarter of an MoE model, `c-tests/moe_outside.c`).
+            if flights.has_explicit() {
+                return;
+            }
+            let Some(id) = next_request() else {
+                return;
+            };
+            if self.slots.get(id as usize).is_none() || !self.policy.still_wanted(id) {
+                continue;
+            }
+            // A hint that does not fit is dropped, as a hint read one at a
+            // time would be.
+            self.claim_into(id, Intent::Prefetch, flights, queue);
+        }
+    }
+
+    /// Claims what the schedule expects next into requests, nearest first,
+    /// until the queue is full, the read-ahead window is, or the engine
+    /// moves on.
+    fn plan_read_ahead(&self, flights: &mut Flights, queue: &mut ReadQueue) {
+        if !self.pass_started.load(Ordering::Relaxed) {
+            return;
+        }
+        let start = self.policy.position();
+        let mut upcoming = Vec::new();
+        self.policy.upcoming(READ_AHEAD_MAX, &mut upcoming);
+        for id in upcoming {
+            if !queue.has_room() || self.policy.position() != start {
+                // A moved engine: the list may name tensors it has passed;
+                // the next completion plans again from the new position.
+                return;
+            }
+            let Some(slot) = self.slots.get(id as usize) else {
+                continue;
+            };
+            if state_of(slot.load_word()) != ABSENT {
+                continue;
+            }
+            if !self.claim_into(id, Intent::ReadAhead, flights, queue) {
+                return;
+            }
+        }
+    }
+
+    /// Claims `id`'s load for `intent` and adds it to the request being
+    /// built (submitting that one first when `id` does not join it).
+    /// Returns false when it was not read: taken by another thread, or no
+    /// room (a declined guess).
+    fn claim_into(&self, id: u32, intent: Intent, flights: &mut Flights, queue: &mut ReadQueue) -> bool {
+        let slot = self.slot_unchecked(id);
+        let w = slot.load_word();
+        if state_of(w) != ABSENT || !self.claim(id, w, intent) {
+            // Another thread reads it: nothing to do, and no reason to stop.
+            return true;
+        }
+        let info = self.info_unchecked(id);
+        let prepared = if info.size == 0 {
+            Err(None)
+        } else {
+            self.prepare_read(id, info, intent).map_err(Some)
+        };
+        match prepared {
+            Ok(landing) => {
+                if flights.is_building() && !flights.joins(landing.file_start, landing.len) {
+                    match self.source.verify_unchanged() {
+                        Ok(()) => flights.submit(queue),
+                        Err(e) => self.abandon_building(flights, e),
+                    }
+                }
+                if !queue.has_room() {
+                    // The request this one would start cannot be submitted:
+                    // give it back, unread.
+                    let outcome = self.finish_read(id, info, landing, Err(crate::error::Error::Closed));
+                    let _ = self.publish(id, intent, outcome);
+                    return false;
+                }
+                flights.add(id, intent, landing);
+                true
+            }
+            Err(None) => {
+                // Nothing to read: the one-at-a-time path publishes it.
+                let outcome = self.reserve_and_read(id, info, intent);
+                self.publish(id, intent, outcome).is_ok()
+            }
+            Err(Some(e)) => {
+                let _ = self.publish(id, intent, Err(e));
+                false
+            }
+        }
+    }
+}
+
+impl Inner {
     /// Background read of `id` (prefetch worker). Errors are dropped: a
     /// prefetch is a hint, the later acquire reports any failure itself.
     fn read_now(&self, id: u32) {
@@ -70,9 +222,10 @@ impl ReadAheadTarget for Inner {
         }
     }
 
-    /// Loads the tensors the schedule expects next, nearest first, until one
-    /// does not fit without evicting something needed sooner, the read-ahead
-    /// window is full, `max` are looked at, or the engine moves on.
+    /// One load at a time (a source that reads no other way): loads the
+    /// tensors the schedule expects next, nearest first, until one does not
+    /// fit without evicting something needed sooner, the read-ahead window
+    /// is full, `max` are looked at, or the engine moves on.
     fn read_ahead(&self, max: usize) {
         if !self.pass_started.load(Ordering::Relaxed) {
             // Nobody has asked for anything yet: the engine may still be

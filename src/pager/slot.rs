@@ -100,6 +100,10 @@ pub(crate) struct Slot {
     pub(crate) charge: AtomicU64,
     /// Hits folded out of the state word's hit field.
     pub(crate) hits_folded: AtomicU64,
+    /// The schedule position when the tensor last became resident: one
+    /// loaded less than a pass ago is streamed through the budget, not kept
+    /// in it (read-ahead makes room only from those).
+    pub(crate) loaded_at: AtomicU64,
     pub(crate) sync: Mutex<SlotSync>,
     pub(crate) changed: Condvar,
 }
@@ -112,6 +116,7 @@ impl Slot {
             data: AtomicPtr::new(std::ptr::null_mut()),
             charge: AtomicU64::new(0),
             hits_folded: AtomicU64::new(0),
+            loaded_at: AtomicU64::new(0),
             waiters: AtomicU32::new(0),
             leases: Default::default(),
             sync: Mutex::new(SlotSync::default()),

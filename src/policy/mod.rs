@@ -89,6 +89,11 @@ pub trait EvictionPolicy: Send + Sync {
     fn position(&self) -> u64 {
         0
     }
+    /// Acquisitions in a pass of the schedule ([`EvictionPolicy::position`]
+    /// advances by about this much per pass); 0 when there is none.
+    fn pass_length(&self) -> u64 {
+        0
+    }
     /// The router named `ids` (expert slices) for the block about to run:
     /// they are needed within that block.
     fn on_hint(&self, _ids: &[u32]) {}

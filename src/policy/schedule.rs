@@ -482,6 +482,10 @@ impl EvictionPolicy for ScheduleAware {
         self.cursor.load(Ordering::Relaxed)
     }
 
+    fn pass_length(&self) -> u64 {
+        self.schedule().map_or(0, |s| s.len())
+    }
+
     fn describe(&self) -> String {
         let order = self.describe_order();
         if !self.experts.any() {

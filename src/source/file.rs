@@ -6,7 +6,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::ByteSource;
+use super::{BatchTarget, ByteSource};
 use crate::error::{Error, Result};
 
 /// What identifies the file the index was built from.
@@ -265,6 +265,14 @@ impl ByteSource for FileSource {
 
     fn direct_alignment(&self) -> Option<usize> {
         self.direct.as_ref().map(|_| DIRECT_ALIGNMENT)
+    }
+
+    fn batch_target(&self) -> Option<BatchTarget> {
+        Some(BatchTarget {
+            fd: self.direct.as_ref().unwrap_or(&self.file).as_raw_fd(),
+            block: self.direct_alignment(),
+            drop_behind: self.direct.is_none() && self.drop_behind.load(Ordering::Relaxed),
+        })
     }
 
     fn set_drop_behind(&self, on: bool) {

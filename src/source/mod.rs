@@ -7,6 +7,7 @@
 //! caching and no accounting: that is the pager's job.
 
 mod arena;
+mod batch;
 mod buffer;
 mod callback;
 mod file;
@@ -14,6 +15,9 @@ mod memory;
 mod mmap;
 
 pub(crate) use arena::{Arena, FreshChunk};
+pub use batch::IO_URING_ENV;
+pub use batch::{raw_direct_speed, BatchTarget, RawSpeed};
+pub(crate) use batch::{Completion, ReadQueue, Request, MAX_IOVECS};
 pub use buffer::Allocator;
 pub(crate) use buffer::TensorBuffer;
 pub use callback::{CallbackSource, DestroyFn, ReadAtFn};
@@ -123,6 +127,13 @@ pub trait ByteSource: Send + Sync {
     /// without a page cache ignore it.
     fn set_drop_behind(&self, _on: bool) {}
 
+    /// Where requests with several in flight can read from (a file's
+    /// descriptor), if the source allows it; others are read one request
+    /// at a time through [`ByteSource::read_exact_at`].
+    fn batch_target(&self) -> Option<BatchTarget> {
+        None
+    }
+
     /// Tells the OS that `offset..offset+len` of a mapping is not needed.
     fn advise_dontneed(&self, _offset: u64, _len: u64) {}
 }
@@ -140,45 +151,8 @@ pub(crate) fn check_range(what: &dyn Fn() -> String, offset: u64, len: u64, size
     }
 }
 
-/// Reads `offset..offset+size` of `source` into `buf` and returns where in
-/// `buf` the tensor's first byte is. `buf` must be at least
-/// [`buffer_len_for`] bytes and aligned to `max(alignment, direct alignment)`.
-/// The returned offset is a multiple of `alignment`.
-pub(crate) fn read_tensor(
-    source: &dyn ByteSource,
-    offset: u64,
-    size: u64,
-    alignment: usize,
-    buf: &mut [u8],
-) -> Result<usize> {
-    let Some(block) = source.direct_alignment() else {
-        source.read_exact_at(offset, &mut buf[..size as usize])?;
-        return Ok(0);
-    };
-    let (start, len) = direct_range(offset, size, block);
-    let head = (offset - start) as usize;
-    // The aligned range may reach past the end of the file: O_DIRECT then
-    // returns the bytes up to the end, which is all the tensor needs.
-    let got = source.read_direct_at(start, &mut buf[..len])?;
-    if got < head + size as usize {
-        return Err(Error::Io {
-            context: format!(
-                "direct read of {len} bytes at offset {start} from {}",
-                source.describe()
-            ),
-            errno: 0,
-            message: format!("short read: {got} bytes"),
-        });
-    }
-    if head % alignment == 0 {
-        Ok(head)
-    } else {
-        buf.copy_within(head..head + size as usize, 0);
-        Ok(0)
-    }
-}
-
-/// How many bytes of buffer [`read_tensor`] needs for a tensor.
+/// How many bytes of buffer a tensor's read needs: the tensor, or the
+/// `O_DIRECT` blocks that cover it.
 pub(crate) fn buffer_len_for(source: &dyn ByteSource, offset: u64, size: u64) -> usize {
     match source.direct_alignment() {
         None => size as usize,

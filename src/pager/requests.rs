@@ -1,0 +1,232 @@
+//! Reads with several requests in flight: the misses a reader has claimed
+//! are coalesced into requests (neighbours in the file, due together, are
+//! one request scattered over their own buffers), submitted to the
+//! reader's [`ReadQueue`], and published one by one as their requests end.
+
+use super::loads::{Intent, Landing};
+use super::Inner;
+use crate::error::Result;
+use crate::source::{BatchTarget, Completion, ReadQueue, Request, MAX_IOVECS};
+
+/// The most bytes one request reads: past a few MiB a disk gains nothing,
+/// and a demand waiting for the first tensor of a request waits for all.
+const MAX_REQUEST_BYTES: u64 = 8 << 20;
+
+/// The widest hole between two neighbours one request reads through (into
+/// scratch memory): GGUF pads tensors to 32 bytes, and reading a few KiB
+/// costs less than a second round trip.
+const MAX_HOLE: usize = 64 << 10;
+
+/// A tensor of a request: its claimed load and where its bytes land.
+struct Part {
+    id: u32,
+    intent: Intent,
+    landing: Landing,
+    /// Bytes at the start of the landing that the previous part's read
+    /// covers (one `O_DIRECT` block the two share): copied from it after
+    /// the read.
+    shared_head: usize,
+}
+
+/// A request being built or in flight.
+struct Pending {
+    parts: Vec<Part>,
+    /// The file range the request reads.
+    start: u64,
+    end: u64,
+    iov: Vec<libc::iovec>,
+}
+
+/// The requests of one reader: built, in flight, and the scratch memory
+/// holes are read into.
+pub(super) struct Flights {
+    target: BatchTarget,
+    building: Option<Pending>,
+    /// Requests in flight, by tag.
+    flying: Vec<Option<Pending>>,
+    hole: Scratch,
+}
+
+/// Memory that holes between coalesced neighbours are read into (never
+/// looked at; aligned for `O_DIRECT`).
+struct Scratch(crate::source::TensorBuffer);
+
+impl Flights {
+    pub(super) fn new(target: BatchTarget) -> Result<Self> {
+        let align = target.block.unwrap_or(1).max(64);
+        Ok(Flights {
+            target,
+            building: None,
+            flying: Vec::new(),
+            hole: Scratch(crate::source::TensorBuffer::allocate(MAX_HOLE, align)?),
+        })
+    }
+
+    /// Whether a load claimed next can join the request being built: its
+    /// landing starts where the request ends, within one shared block or a
+    /// small hole, and the request has room.
+    pub(super) fn joins(&self, landing_start: u64, landing_len: usize) -> bool {
+        let Some(p) = &self.building else {
+            return false;
+        };
+        let block = self.target.block.unwrap_or(1) as u64;
+        let shared = p.end.saturating_sub(landing_start);
+        let hole = landing_start.saturating_sub(p.end);
+        let overlaps_at_most_a_block = shared == 0 || (self.target.block.is_some() && shared <= block);
+        overlaps_at_most_a_block
+            && (shared as usize) < landing_len
+            && hole <= MAX_HOLE as u64
+            && p.iov.len() + 2 <= MAX_IOVECS
+            && p.end - p.start + hole + landing_len as u64 <= MAX_REQUEST_BYTES
+    }
+
+    /// Whether a request is being built.
+    pub(super) fn is_building(&self) -> bool {
+        self.building.is_some()
+    }
+
+    /// Adds a claimed, prepared load to the request being built (see
+    /// [`Flights::joins`]), or starts a new one with it.
+    pub(super) fn add(&mut self, id: u32, intent: Intent, landing: Landing) {
+        let (start, len) = (landing.file_start, landing.len);
+        if self.joins(start, len) {
+            let p = self.building.as_mut().expect("joins checked one is being built");
+            let shared = p.end.saturating_sub(start) as usize;
+            let hole = start.saturating_sub(p.end) as usize;
+            if hole > 0 {
+                p.iov.push(libc::iovec {
+                    iov_base: self.hole.0.as_mut_slice().as_mut_ptr() as *mut libc::c_void,
+                    iov_len: hole,
+                });
+            }
+            p.iov.push(libc::iovec {
+                // SAFETY: shared < len (joins): inside the landing.
+                iov_base: unsafe { landing.ptr.add(shared) } as *mut libc::c_void,
+                iov_len: len - shared,
+            });
+            p.end = start + len as u64;
+            p.parts.push(Part {
+                id,
+                intent,
+                landing,
+                shared_head: shared,
+            });
+            return;
+        }
+        debug_assert!(
+            self.building.is_none(),
+            "the caller submits a built request first"
+        );
+        self.building = Some(Pending {
+            iov: vec![libc::iovec {
+                iov_base: landing.ptr as *mut libc::c_void,
+                iov_len: len,
+            }],
+            parts: vec![Part {
+                id,
+                intent,
+                landing,
+                shared_head: 0,
+            }],
+            start,
+            end: start + len as u64,
+        });
+    }
+
+    /// Submits the request being built, if any.
+    pub(super) fn submit(&mut self, queue: &mut ReadQueue) {
+        let Some(p) = self.building.take() else {
+            return;
+        };
+        let tag = match self.flying.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                self.flying.push(None);
+                self.flying.len() - 1
+            }
+        };
+        let request = Request {
+            tag: tag as u64,
+            offset: p.start,
+            iov: p.iov.clone(),
+        };
+        self.flying[tag] = Some(p);
+        queue.submit(self.target, request);
+    }
+
+    /// Whether an explicit request (a hint, a prefetch) is built or in
+    /// flight: the engine asked for those, and they go before read-ahead.
+    pub(super) fn has_explicit(&self) -> bool {
+        self.building
+            .iter()
+            .chain(self.flying.iter().flatten())
+            .any(|p| p.parts.iter().any(|part| part.intent == Intent::Prefetch))
+    }
+
+    /// Whether anything is built or in flight.
+    pub(super) fn is_empty(&self) -> bool {
+        self.building.is_none() && self.flying.iter().all(Option::is_none)
+    }
+}
+
+impl Inner {
+    /// Publishes every load of the request `done` ended: each tensor gets
+    /// the bytes of its own range (a shared block copied from its
+    /// neighbour), or the request's failure.
+    pub(super) fn end_request(&self, flights: &mut Flights, done: Completion) {
+        let p = flights.flying[done.tag as usize]
+            .take()
+            .expect("a completion for a request of ours");
+        self.read_ns.fetch_add(
+            done.elapsed.as_nanos() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let read_end = done.result.as_ref().map(|&got| p.start + got as u64);
+        // The blocks neighbours share are copied before any part is
+        // published: a published tensor may be used, evicted and its memory
+        // reused at once.
+        if let Ok(end) = read_end {
+            for pair in p.parts.windows(2) {
+                let (prev, part) = (&pair[0].landing, &pair[1]);
+                let shared = part
+                    .shared_head
+                    .min(end.saturating_sub(part.landing.file_start) as usize);
+                if shared > 0 {
+                    // SAFETY: the shared block lies in both landings (the
+                    // previous one ends with it), both still owned by their
+                    // loads; `copy` allows the same memory (neighbouring
+                    // slices of one window).
+                    unsafe {
+                        std::ptr::copy(
+                            prev.ptr.add((part.landing.file_start - prev.file_start) as usize),
+                            part.landing.ptr,
+                            shared,
+                        )
+                    };
+                }
+            }
+        }
+        for part in p.parts {
+            let (start, len) = (part.landing.file_start, part.landing.len);
+            let got = match &read_end {
+                Ok(end) => Ok((end.saturating_sub(start) as usize).min(len)),
+                Err(e) => Err((*e).clone()),
+            };
+            let info = self.info_unchecked(part.id);
+            let outcome = self.finish_read(part.id, info, part.landing, got);
+            let _ = self.publish(part.id, part.intent, outcome);
+        }
+    }
+
+    /// Ends a request that was built but never submitted (the file
+    /// changed): its loads fail.
+    pub(super) fn abandon_building(&self, flights: &mut Flights, e: crate::error::Error) {
+        if let Some(p) = flights.building.take() {
+            for part in p.parts {
+                let info = self.info_unchecked(part.id);
+                let outcome = self.finish_read(part.id, info, part.landing, Err(e.clone()));
+                let _ = self.publish(part.id, part.intent, outcome);
+            }
+        }
+    }
+}

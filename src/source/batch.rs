@@ -1,0 +1,516 @@
+//! Reads in flight together: one queue per reader thread, an io_uring where
+//! the kernel offers one, else each request read at once with `preadv`.
+//!
+//! A request is one range of the file scattered over several buffers (the
+//! neighbouring tensors it coalesces). The queue finishes what the kernel
+//! leaves short (`EINTR`, a partial read) with plain `preadv`, drops the
+//! page cache behind a buffered read when the source asks for it, and
+//! hands back each request's outcome by its tag. Nothing here knows
+//! tensors: the pager plans the requests and publishes what they read.
+
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+use io_uring::{opcode, types, IoUring};
+
+use crate::error::{Error, Result};
+
+/// Requests a queue keeps in flight at most. The disks this runs on reach
+/// their speed at a depth of 4 to 8 for tensor-sized reads (64 KiB reads
+/// gain to depth 8, 512 KiB ones are flat past 2); deeper only adds
+/// latency to the request a demand waits for.
+pub(crate) const QUEUE_DEPTH: usize = 8;
+
+/// Longest run of iovecs one request carries (well under `IOV_MAX`).
+pub(crate) const MAX_IOVECS: usize = 64;
+
+/// Environment variable that turns io_uring off (`LAYERPAGER_IO_URING=off`):
+/// requests are then read one at a time by each reader thread.
+pub const IO_URING_ENV: &str = "LAYERPAGER_IO_URING";
+
+/// Where reads with several in flight go: a descriptor of the source, and
+/// how it must be read.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchTarget {
+    /// The descriptor, open for as long as the source is.
+    pub fd: RawFd,
+    /// The `O_DIRECT` block, when offsets, lengths and buffers must be
+    /// aligned to it.
+    pub block: Option<usize>,
+    /// Drop what a buffered read brought into the page cache.
+    pub drop_behind: bool,
+}
+
+/// One request: the file from `offset` on, into `iov` in order.
+#[derive(Debug)]
+pub(crate) struct Request {
+    pub(crate) tag: u64,
+    pub(crate) offset: u64,
+    pub(crate) iov: Vec<libc::iovec>,
+}
+
+impl Request {
+    fn len(&self) -> usize {
+        self.iov.iter().map(|v| v.iov_len).sum()
+    }
+}
+
+/// A request's outcome: the bytes read (fewer than asked only at the end of
+/// the file) and how long it was in flight.
+#[derive(Debug)]
+pub(crate) struct Completion {
+    pub(crate) tag: u64,
+    pub(crate) result: Result<usize>,
+    pub(crate) elapsed: Duration,
+}
+
+struct InFlight {
+    request: Request,
+    target: BatchTarget,
+    started: Instant,
+}
+
+/// A reader thread's queue of requests in flight.
+pub(crate) struct ReadQueue {
+    ring: Option<IoUring>,
+    /// Requests submitted, by slot (the ring's user data is the index).
+    flying: Vec<Option<InFlight>>,
+    /// Completions of requests read at submit (no ring).
+    done: VecDeque<Completion>,
+}
+
+// SAFETY: the iovecs point into tensor buffers that the submitting pager
+// owns until their completion is handed back; the queue is used by one
+// thread at a time (it is moved into a reader thread, never shared).
+unsafe impl Send for ReadQueue {}
+
+impl ReadQueue {
+    /// A queue with an io_uring when the kernel offers one and
+    /// `LAYERPAGER_IO_URING` is not `off`.
+    pub(crate) fn new() -> Self {
+        let wanted = std::env::var(IO_URING_ENV).map_or(true, |v| v != "off" && v != "0");
+        let ring = if wanted {
+            IoUring::new(QUEUE_DEPTH as u32).ok()
+        } else {
+            None
+        };
+        ReadQueue {
+            ring,
+            flying: (0..QUEUE_DEPTH).map(|_| None).collect(),
+            done: VecDeque::new(),
+        }
+    }
+
+    /// Requests submitted and not handed back yet.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.flying.iter().filter(|f| f.is_some()).count() + self.done.len()
+    }
+
+    /// Whether another request can be submitted now.
+    pub(crate) fn has_room(&self) -> bool {
+        self.in_flight() < QUEUE_DEPTH
+    }
+
+    /// Submits `request`; without a ring it is read now and its completion
+    /// waits in the queue. The buffers must stay valid until
+    /// [`ReadQueue::wait`] hands the request's tag back.
+    pub(crate) fn submit(&mut self, target: BatchTarget, request: Request) {
+        debug_assert!(self.has_room());
+        let started = Instant::now();
+        // Buffered reads through io_uring go to the kernel's own worker
+        // threads (measured slower than reading them here): only O_DIRECT
+        // requests are queued.
+        let ring = self.ring.as_mut().filter(|_| target.block.is_some());
+        let index = self.flying.iter().position(Option::is_none);
+        let queued = match (ring, index) {
+            (Some(ring), Some(index)) => {
+                let entry = opcode::Readv::new(
+                    types::Fd(target.fd),
+                    request.iov.as_ptr(),
+                    request.iov.len() as u32,
+                )
+                .offset(request.offset)
+                .build()
+                .user_data(index as u64);
+                // SAFETY: the iovecs and the buffers they name stay alive
+                // until the completion for `index` is reaped (they live in
+                // `flying`, and the pager holds the buffers until `wait`
+                // returns this tag).
+                let pushed = unsafe { ring.submission().push(&entry) }.is_ok();
+                if pushed {
+                    // A submission the kernel turns away now (EAGAIN, EBUSY)
+                    // goes with the next wait's.
+                    let _ = ring.submit();
+                }
+                pushed.then_some(index)
+            }
+            _ => None,
+        };
+        let Some(index) = queued else {
+            let result = read_rest(target, &request, 0);
+            self.done.push_back(Completion {
+                tag: request.tag,
+                result,
+                elapsed: started.elapsed(),
+            });
+            return;
+        };
+        self.flying[index] = Some(InFlight {
+            request,
+            target,
+            started,
+        });
+    }
+
+    /// The next request to end, waiting for one if none has; `None` when
+    /// nothing is in flight.
+    pub(crate) fn wait(&mut self) -> Option<Completion> {
+        if let Some(c) = self.done.pop_front() {
+            return Some(c);
+        }
+        let ring = self.ring.as_mut()?;
+        if self.flying.iter().all(Option::is_none) {
+            return None;
+        }
+        loop {
+            if let Some(cqe) = ring.completion().next() {
+                let index = cqe.user_data() as usize;
+                let flight = self.flying[index]
+                    .take()
+                    .expect("a completion for a request in flight");
+                let res = cqe.result();
+                let result = if res >= 0 {
+                    read_rest(flight.target, &flight.request, res as usize)
+                } else if res == -libc::EINTR || res == -libc::EAGAIN {
+                    read_rest(flight.target, &flight.request, 0)
+                } else {
+                    Err(read_error(
+                        &flight.request,
+                        std::io::Error::from_raw_os_error(-res),
+                    ))
+                };
+                return Some(Completion {
+                    tag: flight.request.tag,
+                    result,
+                    elapsed: flight.started.elapsed(),
+                });
+            }
+            match ring.submit_and_wait(1) {
+                Ok(_) => {}
+                // Nothing else fails on a ring that was set up (EBUSY and
+                // EAGAIN are the kernel catching up). The buffers in flight
+                // belong to the kernel until it completes them: keep waiting.
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+    }
+}
+
+impl Drop for ReadQueue {
+    fn drop(&mut self) {
+        // Buffers named by requests in flight must not be freed under the
+        // kernel: wait for every one (the pager always does before this).
+        while self.wait().is_some() {}
+    }
+}
+
+/// Reads what the kernel left of `request` after `done` bytes, with
+/// `preadv`, until it is whole or the file ends; then drops the page cache
+/// behind it if asked. Returns the bytes read in all.
+fn read_rest(target: BatchTarget, request: &Request, mut done: usize) -> Result<usize> {
+    let total = request.len();
+    while done < total {
+        let mut iov = remaining_iovecs(&request.iov, done);
+        if let Some(block) = target.block {
+            // O_DIRECT resumes on a block boundary (a short read ends on one
+            // except at the end of the file, where nothing is left to read).
+            if done % block != 0 {
+                break;
+            }
+        }
+        iov.truncate(MAX_IOVECS);
+        // SAFETY: the iovecs name buffers the caller keeps alive and
+        // writable for the call (see `submit`); fd is the source's own.
+        let n = unsafe {
+            libc::preadv(
+                target.fd,
+                iov.as_ptr(),
+                iov.len() as libc::c_int,
+                (request.offset + done as u64) as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(read_error(request, e));
+        }
+        if n == 0 {
+            break;
+        }
+        done += n as usize;
+    }
+    if target.drop_behind && done > 0 {
+        // SAFETY: a valid descriptor; advice only, a failure changes nothing
+        // we rely on.
+        let _ = unsafe {
+            libc::posix_fadvise(
+                target.fd,
+                request.offset as libc::off_t,
+                done as libc::off_t,
+                libc::POSIX_FADV_DONTNEED,
+            )
+        };
+    }
+    Ok(done)
+}
+
+/// The iovecs of `iov` past its first `skip` bytes.
+fn remaining_iovecs(iov: &[libc::iovec], mut skip: usize) -> Vec<libc::iovec> {
+    let mut out = Vec::with_capacity(iov.len());
+    for v in iov {
+        if skip >= v.iov_len {
+            skip -= v.iov_len;
+            continue;
+        }
+        out.push(libc::iovec {
+            // SAFETY: skip < iov_len: inside the same buffer.
+            iov_base: unsafe { (v.iov_base as *mut u8).add(skip) } as *mut libc::c_void,
+            iov_len: v.iov_len - skip,
+        });
+        skip = 0;
+    }
+    out
+}
+
+fn read_error(request: &Request, e: std::io::Error) -> Error {
+    Error::from_io(
+        format!("read of {} bytes at offset {}", request.len(), request.offset),
+        &e,
+    )
+}
+
+/// What the device gives a file: the best raw `O_DIRECT` read speed over
+/// the queue depths tried, the physical bound a pager is measured against.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RawSpeed {
+    /// Bytes per second at the best depth.
+    pub bytes_per_second: f64,
+    /// The depth that gave it (requests in flight).
+    pub depth: usize,
+    /// Bytes each request read.
+    pub request_bytes: usize,
+    /// Whether the requests went through io_uring (else one at a time).
+    pub io_uring: bool,
+}
+
+/// Request size of [`raw_direct_speed`]: large enough that the device, not
+/// the round trip, sets the speed.
+const PROBE_REQUEST: usize = 1 << 20;
+/// The most bytes each depth reads: a model of many GiB is sampled.
+const PROBE_BYTES: u64 = 256 << 20;
+
+/// Measures how fast the device reads `path` with `O_DIRECT` (no page
+/// cache): 1 MiB requests at depths 1, 2, 4 and 8, each over up to 256 MiB
+/// of the file spread over its length, in request order; returns the best.
+/// Where the file system refuses `O_DIRECT` (tmpfs), plain reads of a file
+/// whose page cache was dropped first.
+pub fn raw_direct_speed(path: &std::path::Path) -> Result<RawSpeed> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |direct: bool| {
+        let mut o = std::fs::OpenOptions::new();
+        o.read(true);
+        if direct {
+            o.custom_flags(libc::O_DIRECT);
+        }
+        o.open(path)
+    };
+    let io_err = |e: std::io::Error| Error::from_io(format!("open of '{}'", path.display()), &e);
+    let (file, direct) = match open(true) {
+        Ok(f) => (f, true),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (open(false).map_err(io_err)?, false),
+        Err(e) => return Err(io_err(e)),
+    };
+    let size = file.metadata().map_err(io_err)?.len();
+    let requests = (size / PROBE_REQUEST as u64).clamp(1, PROBE_BYTES / PROBE_REQUEST as u64) as usize;
+    // Spread over the file: request i reads at i * stride.
+    let stride = (size / requests as u64) / 4096 * 4096;
+    let target = BatchTarget {
+        fd: file.as_raw_fd(),
+        block: direct.then_some(4096),
+        drop_behind: !direct,
+    };
+    let mut buffers: Vec<crate::source::TensorBuffer> = (0..QUEUE_DEPTH)
+        .map(|_| crate::source::TensorBuffer::allocate(PROBE_REQUEST, 4096))
+        .collect::<Result<_>>()?;
+    let mut best: Option<RawSpeed> = None;
+    for depth in [1usize, 2, 4, 8] {
+        if !direct {
+            super::drop_page_cache(path)?;
+        }
+        let mut queue = ReadQueue::new();
+        let io_uring = queue.ring.is_some();
+        let started = Instant::now();
+        let (mut next, mut bytes) = (0usize, 0u64);
+        let mut free: Vec<usize> = (0..depth).collect();
+        loop {
+            while next < requests && queue.in_flight() < depth {
+                let b = free.pop().expect("one buffer per request in flight");
+                let iov = vec![libc::iovec {
+                    iov_base: buffers[b].as_mut_slice().as_mut_ptr() as *mut libc::c_void,
+                    iov_len: PROBE_REQUEST,
+                }];
+                let offset = next as u64 * stride;
+                queue.submit(
+                    target,
+                    Request {
+                        tag: b as u64,
+                        offset,
+                        iov,
+                    },
+                );
+                next += 1;
+            }
+            let Some(done) = queue.wait() else { break };
+            bytes += done.result? as u64;
+            free.push(done.tag as usize);
+        }
+        let seconds = started.elapsed().as_secs_f64().max(1e-9);
+        let speed = RawSpeed {
+            bytes_per_second: bytes as f64 / seconds,
+            depth,
+            request_bytes: PROBE_REQUEST,
+            io_uring,
+        };
+        if best.map_or(true, |b| speed.bytes_per_second > b.bytes_per_second) {
+            best = Some(speed);
+        }
+        if !io_uring {
+            // One at a time whatever the depth: one measure says it all.
+            break;
+        }
+    }
+    Ok(best.expect("at least one depth measured"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::TensorBuffer;
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::path::Path;
+
+    fn file_of(len: usize) -> (tempfile::NamedTempFile, Vec<u8>) {
+        let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        // Beside the build, not in a tmpfs that refuses O_DIRECT.
+        let mut f = tempfile::NamedTempFile::new_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        f.write_all(&bytes).unwrap();
+        f.flush().unwrap();
+        (f, bytes)
+    }
+
+    /// Ten O_DIRECT requests of three aligned buffers each (more than the
+    /// depth) from `path`, each checked against `bytes`.
+    fn run(queue: &mut ReadQueue, path: &Path, bytes: &[u8]) {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .unwrap();
+        let target = BatchTarget {
+            fd: file.as_raw_fd(),
+            block: Some(4096),
+            drop_behind: false,
+        };
+        let mut bufs: Vec<TensorBuffer> = (0..30)
+            .map(|i| TensorBuffer::allocate(4096 * (1 + i % 3), 4096).unwrap())
+            .collect();
+        let mut pending = Vec::new();
+        let (mut offset, mut next, mut finished) = (0u64, 0usize, 0);
+        while finished < 10 {
+            while next < 10 && queue.has_room() {
+                let iov: Vec<libc::iovec> = bufs[next * 3..next * 3 + 3]
+                    .iter_mut()
+                    .map(|b| libc::iovec {
+                        iov_base: b.as_mut_slice().as_mut_ptr() as *mut libc::c_void,
+                        iov_len: b.len(),
+                    })
+                    .collect();
+                let len: usize = iov.iter().map(|v| v.iov_len).sum();
+                pending.push((offset, len));
+                let tag = next as u64;
+                queue.submit(target, Request { tag, offset, iov });
+                offset += len as u64 + 4096;
+                next += 1;
+            }
+            let c = queue.wait().expect("requests in flight");
+            let (at, len) = pending[c.tag as usize];
+            assert_eq!(c.result.unwrap(), len);
+            let got: Vec<u8> = bufs[c.tag as usize * 3..c.tag as usize * 3 + 3]
+                .iter_mut()
+                .flat_map(|b| b.as_mut_slice().to_vec())
+                .collect();
+            assert_eq!(got, bytes[at as usize..at as usize + len], "request {}", c.tag);
+            finished += 1;
+        }
+        assert!(queue.wait().is_none());
+    }
+
+    /// One iovec per buffer, in order.
+    fn iovecs(bufs: &mut [&mut Vec<u8>]) -> Vec<libc::iovec> {
+        bufs.iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            })
+            .collect()
+    }
+
+    /// Submits one plain (not O_DIRECT) request of `bufs` at `offset` on
+    /// `fd`, and waits for it.
+    fn read_one(q: &mut ReadQueue, fd: RawFd, offset: u64, bufs: &mut [&mut Vec<u8>]) -> Completion {
+        let target = BatchTarget {
+            fd,
+            block: None,
+            drop_behind: false,
+        };
+        let iov = iovecs(bufs);
+        q.submit(target, Request { tag: 7, offset, iov });
+        q.wait().expect("one request in flight")
+    }
+
+    #[test]
+    fn scattered_requests_read_every_byte_with_and_without_a_ring() {
+        let (f, bytes) = file_of(400_000);
+        for ring in [true, false] {
+            let mut q = ReadQueue::new();
+            if !ring {
+                q.ring = None;
+            }
+            run(&mut q, f.path(), &bytes);
+        }
+        // And the bytes themselves, through one request over two buffers.
+        let mut q = ReadQueue::new();
+        let (mut a, mut b) = (vec![0u8; 5000], vec![0u8; 7000]);
+        let c = read_one(&mut q, f.as_file().as_raw_fd(), 1234, &mut [&mut a, &mut b]);
+        assert_eq!((c.tag, c.result.unwrap()), (7, 12_000));
+        assert_eq!(a, bytes[1234..6234]);
+        assert_eq!(b, bytes[6234..13_234]);
+    }
+
+    #[test]
+    fn a_request_past_the_end_reads_to_the_end_and_a_bad_descriptor_fails() {
+        let (f, _) = file_of(10_000);
+        let mut q = ReadQueue::new();
+        let mut a = vec![0u8; 8192];
+        let c = read_one(&mut q, f.as_file().as_raw_fd(), 4096, &mut [&mut a]);
+        assert_eq!(c.result.unwrap(), 10_000 - 4096);
+        let e = read_one(&mut q, -1, 0, &mut [&mut a]).result.unwrap_err();
+        assert!(e.to_string().contains("read of 8192 bytes at offset 0"), "{e}");
+    }
+}
