@@ -7,7 +7,12 @@
 # (scripts/llama-paged.sh), and runs
 # greedy generation without the pager and with it at 100, 75, 50 and 35% of
 # the model, in every io mode and with read-ahead off. Fails unless every
-# paged run prints the same token ids as the unpaged one.
+# paged run prints the same token ids as the unpaged one. Each paged run
+# prints its tokens/s beside the physical bound measured in the same run:
+# max(compute, bytes read / the file's raw O_DIRECT speed), the compute
+# being the unpaged run's time per token. Under a memory limit of llama.cpp's
+# own needs + half the weights, the same on the model requantized to Q8_0
+# (scripts/requantize.py, cached).
 #
 # usage: scripts/llama-check.sh [TOKENS]
 # env: LAYERPAGER_CACHE (default ~/.cache/layerpager), LLAMA_PAGED_MODEL (another GGUF)
@@ -22,7 +27,7 @@ trap 'rm -rf "$work"' EXIT
 prompt="The capital of France is"
 run() { # name args...
   local name=$1; shift
-  "$exe" -m "$model" -p "$prompt" -n "$tokens" --print-ids "$@" >"$work/$name.out" 2>"$work/$name.err" || {
+  "$exe" -m "${run_model:-$model}" -p "$prompt" -n "$tokens" --print-ids "$@" >"$work/$name.out" 2>"$work/$name.err" || {
     echo "llama-paged $* failed:"; cat "$work/$name.err"; exit 1
   }
   grep -E '^[0-9]+$' "$work/$name.out" >"$work/$name.ids"
@@ -31,11 +36,15 @@ run() { # name args...
 
 echo "model $(basename "$model"), $tokens greedy tokens, 1 thread"
 run unpaged --no-pager
+# The compute a token costs without the pager: the compute half of the bound.
+tokens_per_s() { grep -o '[0-9.]* tokens/s' "$1" | head -1 | cut -d' ' -f1; }
+compute_ms=$(python3 -c "print(round(1000 / $(tokens_per_s "$work/unpaged.out"), 3))")
+echo "compute without the pager: $compute_ms ms/token"
 fail=0
 for spec in "100% pread 1" "75% pread 1" "50% pread 1" "35% pread 1" "50% direct 1" "50% mmap 1" "50% pread 0" "50% pread 2"; do
   read -r budget io readers <<<"$spec"
   name="paged-$budget-$io-$readers-reader$([ "$readers" = 1 ] || echo s)"
-  run "$name" --budget "$budget" --io "$io" --readers "$readers"
+  run "$name" --budget "$budget" --io "$io" --readers "$readers" --compute-ms "$compute_ms"
   if ! cmp -s "$work/unpaged.ids" "$work/$name.ids"; then
     echo "MISMATCH: $name generated other tokens than llama.cpp without the pager"
     diff "$work/unpaged.ids" "$work/$name.ids" | head -5
@@ -52,20 +61,40 @@ rss_mib=$(grep -o 'peak RSS [0-9.]* MiB' "$work/unpaged.out" | tr -dc '0-9.')
 limit=$(python3 -c "print(int(($rss_mib - $model_mib + $model_mib / 2) * 2**20))")
 # shellcheck source=scripts/memory-cgroup.sh
 . scripts/memory-cgroup.sh
+# The Q8_0 file: the same model, requantized once into the cache.
+q8=${model%.gguf}.requantized-Q8_0.gguf
+if [ ! -s "$q8" ]; then
+  py=${LAYERPAGER_PYTHON:-.venv/bin/python3}
+  [ -x "$py" ] || py=python3
+  "$py" scripts/requantize.py "$model" "$q8.tmp" >/dev/null && mv "$q8.tmp" "$q8"
+fi
 if cg=$(make_memory_cgroup llama-check "$limit"); then
-  limited() { # name args...
-    local name=$1; shift
-    run_limited "$cg" "$model" "$work/$name" "$exe" -m "$model" -p "$prompt" -n "$tokens" --print-ids "$@" || exit 1
+  limited() { # name model args...
+    local name=$1 file=$2; shift 2
+    run_limited "$cg" "$file" "$work/$name" "$exe" -m "$file" -p "$prompt" -n "$tokens" --print-ids "$@" || exit 1
     printf '%-28s %s\n' "$name" "$(grep '^llama-paged:' "$work/$name.out")"
   }
   echo "in a memory cgroup of $((limit >> 20)) MiB (llama.cpp's own $(python3 -c "print(round($rss_mib - $model_mib))") MiB + half the weights):"
-  limited limited-unpaged --no-pager
-  limited limited-paged-50% --budget 50%
+  limited limited-unpaged "$model" --no-pager
+  limited limited-paged-50% "$model" --budget 50% --compute-ms "$compute_ms"
   rmdir "$cg"
   cmp -s "$work/unpaged.ids" "$work/limited-paged-50%.ids" || { echo "MISMATCH under the memory limit"; exit 1; }
-  speedup=$(python3 -c "import re, sys; t = [float(re.search(r'([0-9.]+) tokens/s', open(f).read()).group(1)) for f in sys.argv[1:]]; print(f'{t[1] / t[0]:.2f}')" \
-    "$work/limited-unpaged.out" "$work/limited-paged-50%.out")
-  echo "under the limit, layerpager runs ${speedup}x the tokens/s of llama.cpp alone"
+  speedup=$(python3 -c "print(f'{$(tokens_per_s "$work/limited-paged-50%.out") / $(tokens_per_s "$work/limited-unpaged.out"):.2f}')")
+  of_bound() { grep -o '[0-9.]*x the bound' "$1" | cut -dx -f1; }
+  echo "under the limit, layerpager runs ${speedup}x the tokens/s of llama.cpp alone, $(of_bound "$work/limited-paged-50%.out")x the physical bound"
+  # The Q8_0 file under its own limit: llama.cpp's own needs + half the file.
+  run_model=$q8 run q8-unpaged --no-pager
+  q8_mib=$(python3 -c "import os; print(os.path.getsize('$q8') / 2**20)")
+  q8_compute=$(python3 -c "print(round(1000 / $(tokens_per_s "$work/q8-unpaged.out"), 3))")
+  q8_limit=$(python3 -c "print(int(($rss_mib - $model_mib + $q8_mib / 2) * 2**20))")
+  cg=$(make_memory_cgroup llama-check-q8 "$q8_limit") || { echo "no second memory cgroup"; exit 1; }
+  echo "the Q8_0 file in a memory cgroup of $((q8_limit >> 20)) MiB (llama.cpp's own + half the file):"
+  limited q8-limited-unpaged "$q8" --no-pager
+  limited q8-limited-paged-50% "$q8" --budget 50% --compute-ms "$q8_compute"
+  rmdir "$cg"
+  cmp -s "$work/q8-unpaged.ids" "$work/q8-limited-paged-50%.ids" || { echo "MISMATCH on the Q8_0 file under the memory limit"; exit 1; }
+  q8_speedup=$(python3 -c "print(f'{$(tokens_per_s "$work/q8-limited-paged-50%.out") / $(tokens_per_s "$work/q8-limited-unpaged.out"):.2f}')")
+  echo "the Q8_0 file under its limit: ${q8_speedup}x llama.cpp alone, $(of_bound "$work/q8-limited-paged-50%.out")x the physical bound"
 else
   echo "no memory cgroup can be made here (not root, or no cgroup v1 memory controller): the comparison under a memory limit is skipped"
 fi

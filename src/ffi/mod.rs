@@ -56,8 +56,8 @@ pub extern "C" fn pager_version() -> *const c_char {
 }
 
 /// Measures how fast the device reads the file at `path` with `O_DIRECT`
-/// (no page cache): 1 MiB requests at queue depths 1, 2, 4 and 8 (io_uring
-/// where the kernel has it), up to 256 MiB each spread over the file. Writes
+/// (no page cache): sequential 2 MiB requests at queue depths 1, 2, 4 and 8
+/// (io_uring where the kernel has it), up to 256 MiB each. Writes
 /// the best speed in bytes per second to `*out_bytes_per_second` and its
 /// depth to `*out_depth` (`out_depth` may be NULL). This is the physical
 /// bound a pass's reads are measured against: bytes read / this speed.

@@ -8,9 +8,13 @@ use super::Inner;
 use crate::error::Result;
 use crate::source::{BatchTarget, Completion, ReadQueue, Request, MAX_IOVECS};
 
-/// The most bytes one request reads: past a few MiB a disk gains nothing,
-/// and a demand waiting for the first tensor of a request waits for all.
-const MAX_REQUEST_BYTES: u64 = 8 << 20;
+/// The most bytes one request reads: an O_DIRECT request of 2 MiB already
+/// runs at the disk's speed (`raw_direct_speed`), and a demand waiting for
+/// the first tensor of a request waits for all of it. A buffered request
+/// copies from the page cache (or reads a chunk at a time, dropping
+/// behind): 1 MiB.
+const MAX_DIRECT_REQUEST_BYTES: u64 = 2 << 20;
+const MAX_BUFFERED_REQUEST_BYTES: u64 = 1 << 20;
 
 /// The widest hole between two neighbours one request reads through (into
 /// scratch memory): GGUF pads tensors to 32 bytes, and reading a few KiB
@@ -77,7 +81,14 @@ impl Flights {
             && (shared as usize) < landing_len
             && hole <= MAX_HOLE as u64
             && p.iov.len() + 2 <= MAX_IOVECS
-            && p.end - p.start + hole + landing_len as u64 <= MAX_REQUEST_BYTES
+            && p.end - p.start + hole + landing_len as u64 <= self.max_request_bytes()
+    }
+
+    fn max_request_bytes(&self) -> u64 {
+        match self.target.block {
+            Some(_) => MAX_DIRECT_REQUEST_BYTES,
+            None => MAX_BUFFERED_REQUEST_BYTES,
+        }
     }
 
     /// Whether a request is being built.

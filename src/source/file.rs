@@ -83,7 +83,7 @@ pub struct FileSource {
 
 /// Plain reads that drop behind themselves go in chunks of this size, so
 /// that at most one chunk sits in the page cache at a time.
-const DROP_BEHIND_CHUNK: usize = 1 << 20;
+pub(super) const DROP_BEHIND_CHUNK: usize = 1 << 20;
 
 impl FileSource {
     /// Opens `path` for positioned reads through the page cache.

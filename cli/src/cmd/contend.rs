@@ -134,6 +134,9 @@ pub(crate) fn run(model: &Path, budget: u64, limit: u64, passes: u32) -> Result<
         println!("--cgroup-limit: skipped, no memory cgroup can be made here ({why})");
         return Ok(());
     }
+    // The physical bound's speed, measured in the same run, outside the
+    // cgroups: the file's raw O_DIRECT speed at the best queue depth.
+    let raw = layerpager::source::raw_direct_speed(model)?;
     let mut outcomes: Vec<Outcome> = Vec::new();
     // Two rounds, contenders interleaved, the faster round of each kept:
     // a shared disk's speed drifts, and drift should not pick the winner.
@@ -194,7 +197,7 @@ pub(crate) fn run(model: &Path, budget: u64, limit: u64, passes: u32) -> Result<
             outcomes[round % CONTENDERS.len()].keep_better(outcome);
         }
     }
-    print_table(&outcomes, model_bytes, budget, limit, passes);
+    print_table(&outcomes, model_bytes, budget, limit, passes, &raw);
     Ok(())
 }
 
@@ -225,30 +228,45 @@ impl Outcome {
     }
 }
 
-fn print_table(outcomes: &[Outcome], model: u64, budget: u64, limit: u64, passes: u32) {
+fn print_table(
+    outcomes: &[Outcome],
+    model: u64,
+    budget: u64,
+    limit: u64,
+    passes: u32,
+    raw: &layerpager::source::RawSpeed,
+) {
     // A steady pass re-reads at least what the budget does not hold.
     let bound = model.saturating_sub(budget).max(1);
     println!();
     println!(
-        "memory cgroup limit {} | budget {} ({:.0}% of the model) | {passes} passes, the first cold | steady-pass bound {} read",
+        "memory cgroup limit {} | budget {} ({:.0}% of the model) | {passes} passes, the first cold | steady-pass bound {} read | raw O_DIRECT {:.2} GB/s (depth {})",
         human(limit),
         human(budget),
         budget as f64 * 100.0 / model as f64,
-        human(bound)
+        human(bound),
+        raw.bytes_per_second / 1e9,
+        raw.depth
     );
     println!(
-        "{:<46} {:>8} {:>11} {:>9} {:>10} {:>5} {:>10}",
-        "contender", "s/pass", "read/pass", "vs bound", "peak cg", "OOM", "refaults"
+        "{:<46} {:>8} {:>8} {:>11} {:>9} {:>10} {:>5} {:>10}",
+        "contender", "s/pass", "vs raw", "read/pass", "vs bound", "peak cg", "OOM", "refaults"
     );
     for o in outcomes {
         let steady = &o.passes[o.passes.len().min(1)..];
         let secs = o.steady_secs();
         let read =
             (!steady.is_empty()).then(|| steady.iter().map(|p| p.1).sum::<u64>() / steady.len() as u64);
+        // The pass's time over its own bytes at the raw speed.
+        let vs_raw = secs
+            .zip(read)
+            .filter(|&(_, r)| r > 0)
+            .map(|(s, r)| s / (r as f64 / raw.bytes_per_second));
         println!(
-            "{:<46} {:>8} {:>11} {:>9} {:>10} {:>5} {:>10}",
+            "{:<46} {:>8} {:>8} {:>11} {:>9} {:>10} {:>5} {:>10}",
             o.label,
             secs.map_or("-".into(), |s| format!("{s:.3}")),
+            vs_raw.map_or("-".into(), |v| format!("{v:.2}x")),
             read.map_or("-".into(), human),
             read.map_or("-".into(), |r| format!("{:.2}x", r as f64 / bound as f64)),
             human(o.peak),
@@ -272,6 +290,8 @@ fn print_table(outcomes: &[Outcome], model: u64, budget: u64, limit: u64, passes
     println!(
         "Each contender ran twice, interleaved with the others; the faster run is shown, OOM kills of both.
 'read/pass' is bytes the storage delivered per steady pass (/proc/self/io); 'vs bound' over M - B.
+'vs raw' is s/pass over those bytes at the raw O_DIRECT speed measured before the contenders (1.00x
+is the disk's speed; no compute is simulated here).
 'peak cg' is the cgroup's highest memory use, page cache included; 'refaults' counts file pages read
 again soon after the kernel dropped them (machine-wide, during that contender)."
     );

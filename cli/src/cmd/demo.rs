@@ -104,8 +104,8 @@ pub(crate) fn demo_in(dir: &Path) -> Result<(), Error> {
         )?,
     ];
     println!();
-    print_header(total, passes, raw, None);
-    print_runs(&runs, budget, passes, raw);
+    print_header(total, passes, &raw, None);
+    print_runs(&runs, budget, passes, &raw);
     println!();
     println!("{FIGURES}");
     println!("Cache dropped (posix_fadvise DONTNEED) before each pass.");
