@@ -69,6 +69,18 @@ static void nulls_everywhere(const char *model) {
   char line[256];
   CHECK_STATUS(pager_describe(NULL, line, sizeof line, &len), PAGER_ERR_INVALID_ARGUMENT);
   CHECK(len == 7);
+  /* The raw speed of a file: NULL path or out, a missing file; then a real
+     one, with and without the depth. */
+  double speed = -1;
+  uint32_t depth = 0;
+  CHECK_STATUS(pager_measure_read_speed(NULL, &speed, &depth), PAGER_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(pager_measure_read_speed(model, NULL, &depth), PAGER_ERR_INVALID_ARGUMENT);
+  CHECK_STATUS(pager_measure_read_speed("/nonexistent/model.gguf", &speed, &depth), PAGER_ERR_IO);
+  CHECK(strstr(pager_last_error_message(), "nonexistent") != NULL);
+  CHECK(speed == -1 && depth == 0);
+  CHECK_OK(pager_measure_read_speed(model, &speed, &depth));
+  CHECK(speed > 0 && (depth == 1 || depth == 2 || depth == 4 || depth == 8));
+  CHECK_OK(pager_measure_read_speed(model, &speed, NULL));
 
   CHECK_OK(pager_open_gguf(model, NULL, &p));
   CHECK_STATUS(pager_describe(p, NULL, 4, &len), PAGER_ERR_INVALID_ARGUMENT);

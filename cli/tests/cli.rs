@@ -113,7 +113,11 @@ fn bench_compares_with_the_seed_design_on_a_real_file() {
     assert!(ok, "{err}");
     assert!(out.contains("seed design: LRU, read on demand"), "{out}");
     assert!(out.contains("layerpager, schedule declared, 1 reader"), "{out}");
-    assert!(out.contains("raw pread"), "{out}");
+    assert!(
+        out.contains("raw O_DIRECT (sequential 2 MiB requests, best queue depth"),
+        "{out}"
+    );
+    assert!(out.contains("vs ideal"), "{out}");
 }
 
 #[test]

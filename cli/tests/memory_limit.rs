@@ -293,7 +293,10 @@ fn bench_cgroup_limit_runs_every_contender_in_its_own_limit() {
     ] {
         assert!(stdout.contains(label), "{label}: {stdout}");
     }
-    // The default mode: every pass done, not killed, within 5% of the bound.
+    // The default mode: every pass done, not killed, within 10% of the bound
+    // (3%, and the room of the tensors it reads ahead: a feed-forward matrix
+    // of the demo model is 4.5% of M - B here; `cli/tests/read_bound.rs`
+    // holds the rule on a model of many more tensors).
     let row = stdout
         .lines()
         .find(|l| l.starts_with("layerpager, default io mode"))
@@ -304,5 +307,5 @@ fn bench_cgroup_limit_runs_every_contender_in_its_own_limit() {
     // Under a limit the file does not fit beside the budget: no page cache.
     assert!(stdout.contains("the default io mode chose: O_DIRECT"), "{stdout}");
     let vs_bound: f64 = cols[n - 5].trim_end_matches('x').parse().unwrap();
-    assert!(vs_bound <= 1.05, "{row}");
+    assert!(vs_bound <= 1.10, "{row}");
 }

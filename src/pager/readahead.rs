@@ -79,10 +79,10 @@ impl ReadAheadTarget for Inner {
             return;
         };
         loop {
-            if queue.has_room() && self.check_open().is_ok() {
+            if flights.has_room(queue) && self.check_open().is_ok() {
                 self.plan_requests(next_request, &mut flights, queue);
                 // The engine's own requests first, as one at a time would.
-                if schedule_reader.is_some() && queue.has_room() && !flights.has_explicit() {
+                if schedule_reader.is_some() && flights.has_room(queue) && !flights.has_explicit() {
                     self.plan_read_ahead(&mut flights, queue);
                 }
                 if flights.is_building() {
@@ -116,7 +116,7 @@ impl Inner {
         flights: &mut Flights,
         queue: &mut ReadQueue,
     ) {
-        while queue.has_room() {
+        while flights.has_room(queue) {
             // One at a time: a hint claimed early makes room before the
             // engine has released the experts it just used, the better
             // victims (claiming a router's whole list at once read 3% more
@@ -147,7 +147,7 @@ impl Inner {
         let mut upcoming = Vec::new();
         self.policy.upcoming(READ_AHEAD_MAX, &mut upcoming);
         for id in upcoming {
-            if !queue.has_room() || self.policy.position() != start {
+            if !flights.has_room(queue) || self.policy.position() != start {
                 // A moved engine: the list may name tensors it has passed;
                 // the next completion plans again from the new position.
                 return;
@@ -189,7 +189,7 @@ impl Inner {
                         Err(e) => self.abandon_building(flights, e),
                     }
                 }
-                if !queue.has_room() {
+                if !flights.has_room(queue) {
                     // The request this one would start cannot be submitted:
                     // give it back, unread.
                     let outcome = self.finish_read(id, info, landing, Err(crate::error::Error::Closed));

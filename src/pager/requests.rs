@@ -91,6 +91,11 @@ impl Flights {
         }
     }
 
+    /// Whether the queue takes another request of ours now.
+    pub(super) fn has_room(&self, queue: &ReadQueue) -> bool {
+        queue.has_room(&self.target)
+    }
+
     /// Whether a request is being built.
     pub(super) fn is_building(&self) -> bool {
         self.building.is_some()

@@ -108,16 +108,24 @@ impl ReadQueue {
         self.flying.iter().filter(|f| f.is_some()).count() + self.done.len()
     }
 
-    /// Whether another request can be submitted now.
-    pub(crate) fn has_room(&self) -> bool {
-        self.in_flight() < QUEUE_DEPTH
+    /// Whether another request for `target` can be submitted now: up to
+    /// [`QUEUE_DEPTH`] in flight through the ring; one at a time where a
+    /// request is read at submit (its loads are then published before the
+    /// next is read, not after a whole round of them).
+    pub(crate) fn has_room(&self, target: &BatchTarget) -> bool {
+        let depth = if self.ring.is_some() && target.block.is_some() {
+            QUEUE_DEPTH
+        } else {
+            1
+        };
+        self.in_flight() < depth
     }
 
     /// Submits `request`; without a ring it is read now and its completion
     /// waits in the queue. The buffers must stay valid until
     /// [`ReadQueue::wait`] hands the request's tag back.
     pub(crate) fn submit(&mut self, target: BatchTarget, request: Request) {
-        debug_assert!(self.has_room());
+        debug_assert!(self.has_room(&target));
         let started = Instant::now();
         // Buffered reads through io_uring go to the kernel's own worker
         // threads (measured slower than reading them here): only O_DIRECT
@@ -387,7 +395,7 @@ pub fn raw_direct_speed(path: &std::path::Path) -> Result<RawSpeed> {
             super::drop_page_cache(path)?;
         }
         let mut queue = ReadQueue::new();
-        let io_uring = queue.ring.is_some();
+        let io_uring = queue.ring.is_some() && direct;
         let started = Instant::now();
         let (mut next, mut bytes) = (0usize, 0u64);
         let mut free: Vec<usize> = (0..depth).collect();
@@ -468,7 +476,7 @@ mod tests {
         let mut pending = Vec::new();
         let (mut offset, mut next, mut finished) = (0u64, 0usize, 0);
         while finished < 10 {
-            while next < 10 && queue.has_room() {
+            while next < 10 && queue.has_room(&target) {
                 let iov: Vec<libc::iovec> = bufs[next * 3..next * 3 + 3]
                     .iter_mut()
                     .map(|b| libc::iovec {

@@ -45,8 +45,10 @@ impl Allocator {
 /// Buffers at least this large come from anonymous mappings: freed, they go
 /// back to the OS at once, where malloc's arenas (one per reader thread)
 /// would keep them (about 10 MiB beyond a 46 MiB budget inside llama.cpp
-/// with a 256 KiB threshold).
-const MAP_THRESHOLD: usize = 16 * 1024;
+/// with a 256 KiB threshold; with 16 KiB, a 1.33 GiB model at a quarter
+/// was OOM-killed in a cgroup of the budget + 8 MiB once readers kept
+/// several reads in flight). A page: the smallest an O_DIRECT buffer is.
+const MAP_THRESHOLD: usize = PAGE;
 const PAGE: usize = 4096;
 const HUGE_PAGE: usize = 2 << 20;
 
@@ -72,7 +74,7 @@ unsafe impl Sync for TensorBuffer {}
 
 impl TensorBuffer {
     /// Allocates `len` bytes (at least 1) aligned to `alignment` (a power of
-    /// two): an anonymous mapping from 16 KiB on, the heap below. (An
+    /// two): an anonymous mapping from a page on, the heap below. (An
     /// engine's allocator is reached through an [`Arena`](super::Arena).)
     pub fn allocate(len: usize, alignment: usize) -> Result<Self> {
         let len = len.max(1);
