@@ -67,9 +67,8 @@ impl ReadAheadTarget for Inner {
         // One reader at a time reads ahead along the schedule; the others
         // serve explicit requests.
         let schedule_reader = self.schedule_reader.try_lock().ok();
-        let flights = self.source.batch_target().map(Flights::new);
-        let Some(Ok(mut flights)) = flights else {
-            // A source read one request at a time (or no scratch memory).
+        let Some(mut flights) = self.source.batch_target().map(|t| Flights::new(t, queue)) else {
+            // A source read one request at a time.
             while let Some(id) = next_request() {
                 self.read_now(id);
             }

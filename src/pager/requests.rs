@@ -5,8 +5,7 @@
 
 use super::loads::{Intent, Landing};
 use super::Inner;
-use crate::error::Result;
-use crate::source::{BatchTarget, Completion, ReadQueue, Request, MAX_IOVECS};
+use crate::source::{BatchTarget, Completion, ReadQueue, Request, MAX_HOLE, MAX_IOVECS};
 
 /// The most bytes one request reads: an O_DIRECT request of 2 MiB already
 /// runs at the disk's speed (`raw_direct_speed`), and a demand waiting for
@@ -15,11 +14,6 @@ use crate::source::{BatchTarget, Completion, ReadQueue, Request, MAX_IOVECS};
 /// behind): 1 MiB.
 const MAX_DIRECT_REQUEST_BYTES: u64 = 2 << 20;
 const MAX_BUFFERED_REQUEST_BYTES: u64 = 1 << 20;
-
-/// The widest hole between two neighbours one request reads through (into
-/// scratch memory): GGUF pads tensors to 32 bytes, and reading a few KiB
-/// costs less than a second round trip.
-const MAX_HOLE: usize = 64 << 10;
 
 /// A tensor of a request: its claimed load and where its bytes land.
 struct Part {
@@ -41,29 +35,25 @@ struct Pending {
     iov: Vec<libc::iovec>,
 }
 
-/// The requests of one reader: built, in flight, and the scratch memory
-/// holes are read into.
+/// The requests of one reader: built, in flight, and the reader's scratch
+/// memory that holes between neighbours are read into.
 pub(super) struct Flights {
     target: BatchTarget,
     building: Option<Pending>,
     /// Requests in flight, by tag.
     flying: Vec<Option<Pending>>,
-    hole: Scratch,
+    /// The queue's hole memory (`ReadQueue::hole_memory`), if it has any.
+    hole: Option<*mut u8>,
 }
 
-/// Memory that holes between coalesced neighbours are read into (never
-/// looked at; aligned for `O_DIRECT`).
-struct Scratch(crate::source::TensorBuffer);
-
 impl Flights {
-    pub(super) fn new(target: BatchTarget) -> Result<Self> {
-        let align = target.block.unwrap_or(1).max(64);
-        Ok(Flights {
+    pub(super) fn new(target: BatchTarget, queue: &mut ReadQueue) -> Self {
+        Flights {
             target,
             building: None,
             flying: Vec::new(),
-            hole: Scratch(crate::source::TensorBuffer::allocate(MAX_HOLE, align)?),
-        })
+            hole: queue.hole_memory(),
+        }
     }
 
     /// Whether a load claimed next can join the request being built: its
@@ -79,7 +69,7 @@ impl Flights {
         let overlaps_at_most_a_block = shared == 0 || (self.target.block.is_some() && shared <= block);
         overlaps_at_most_a_block
             && (shared as usize) < landing_len
-            && hole <= MAX_HOLE as u64
+            && (hole == 0 || (self.hole.is_some() && hole <= MAX_HOLE as u64))
             && p.iov.len() + 2 <= MAX_IOVECS
             && p.end - p.start + hole + landing_len as u64 <= self.max_request_bytes()
     }
@@ -111,7 +101,7 @@ impl Flights {
             let hole = start.saturating_sub(p.end) as usize;
             if hole > 0 {
                 p.iov.push(libc::iovec {
-                    iov_base: self.hole.0.as_mut_slice().as_mut_ptr() as *mut libc::c_void,
+                    iov_base: self.hole.expect("joins checked the hole memory") as *mut libc::c_void,
                     iov_len: hole,
                 });
             }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use io_uring::{opcode, types, IoUring};
 
 use super::file::DROP_BEHIND_CHUNK;
+use super::TensorBuffer;
 use crate::error::{Error, Result};
 
 /// Requests a queue keeps in flight at most. The disks this runs on reach
@@ -22,6 +23,11 @@ use crate::error::{Error, Result};
 /// gain to depth 8, 512 KiB ones are flat past 2); deeper only adds
 /// latency to the request a demand waits for.
 pub(crate) const QUEUE_DEPTH: usize = 8;
+
+/// The widest hole between two neighbours one request reads through (into
+/// the queue's hole memory): GGUF pads tensors to 32 bytes, and reading a
+/// few KiB costs less than a second round trip.
+pub(crate) const MAX_HOLE: usize = 64 << 10;
 
 /// Longest run of iovecs one request carries (well under `IOV_MAX`).
 pub(crate) const MAX_IOVECS: usize = 64;
@@ -79,6 +85,9 @@ pub(crate) struct ReadQueue {
     flying: Vec<Option<InFlight>>,
     /// Completions of requests read at submit (no ring).
     done: VecDeque<Completion>,
+    /// Where the holes between coalesced neighbours are read (never looked
+    /// at; aligned for O_DIRECT; several requests may write it at once).
+    hole: Option<TensorBuffer>,
 }
 
 // SAFETY: the iovecs point into tensor buffers that the submitting pager
@@ -100,7 +109,14 @@ impl ReadQueue {
             ring,
             flying: (0..QUEUE_DEPTH).map(|_| None).collect(),
             done: VecDeque::new(),
+            hole: TensorBuffer::allocate(MAX_HOLE, 4096).ok(),
         }
+    }
+
+    /// [`MAX_HOLE`] bytes that holes are read into, if they could be
+    /// allocated (without, neighbours with a hole between are two requests).
+    pub(crate) fn hole_memory(&mut self) -> Option<*mut u8> {
+        self.hole.as_mut().map(|b| b.as_mut_slice().as_mut_ptr())
     }
 
     /// Requests submitted and not handed back yet.

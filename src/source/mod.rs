@@ -17,7 +17,7 @@ mod mmap;
 pub(crate) use arena::{Arena, FreshChunk};
 pub use batch::IO_URING_ENV;
 pub use batch::{raw_direct_speed, BatchTarget, RawSpeed};
-pub(crate) use batch::{Completion, ReadQueue, Request, MAX_IOVECS};
+pub(crate) use batch::{Completion, ReadQueue, Request, MAX_HOLE, MAX_IOVECS};
 pub use buffer::Allocator;
 pub(crate) use buffer::TensorBuffer;
 pub use callback::{CallbackSource, DestroyFn, ReadAtFn};
