@@ -506,7 +506,8 @@ impl Inner {
                 charged: &g.charged,
                 exclude,
                 spare_read_ahead: false,
-                read_ahead: true,
+                // Idle ones only: the buffer is taken now.
+                read_ahead: false,
                 streamed_since: Some(
                     self.policy
                         .position()
@@ -515,7 +516,7 @@ impl Inner {
                 charged_within: Some((charge, charge)),
             };
             if let Some(victim) = self.policy.choose_victim(&same_size, incoming) {
-                if in_use_of(self.slot_unchecked(victim).load_word()) == 0 && self.evict_one(g, victim) {
+                if self.evict_one(g, victim) {
                     return true;
                 }
             }

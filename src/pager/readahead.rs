@@ -84,14 +84,7 @@ impl ReadAheadTarget for Inner {
                 if schedule_reader.is_some() && flights.has_room(queue) && !flights.has_explicit() {
                     self.plan_read_ahead(&mut flights, queue);
                 }
-                if flights.is_building() {
-                    // The check that the file is still the one indexed is
-                    // part of the read.
-                    match self.source.verify_unchanged() {
-                        Ok(()) => flights.submit(queue),
-                        Err(e) => self.abandon_building(&mut flights, e),
-                    }
-                }
+                self.submit_building(&mut flights, queue);
             }
             match queue.wait() {
                 // Room changed hands and the engine may have moved: plan
@@ -182,11 +175,8 @@ impl Inner {
         };
         match prepared {
             Ok(landing) => {
-                if flights.is_building() && !flights.joins(landing.file_start, landing.len) {
-                    match self.source.verify_unchanged() {
-                        Ok(()) => flights.submit(queue),
-                        Err(e) => self.abandon_building(flights, e),
-                    }
+                if !flights.joins(landing.file_start, landing.len) {
+                    self.submit_building(flights, queue);
                 }
                 if !flights.has_room(queue) {
                     // The request this one would start cannot be submitted:

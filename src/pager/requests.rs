@@ -86,11 +86,6 @@ impl Flights {
         queue.has_room(&self.target)
     }
 
-    /// Whether a request is being built.
-    pub(super) fn is_building(&self) -> bool {
-        self.building.is_some()
-    }
-
     /// Adds a claimed, prepared load to the request being built (see
     /// [`Flights::joins`]), or starts a new one with it.
     pub(super) fn add(&mut self, id: u32, intent: Intent, landing: Landing) {
@@ -139,8 +134,9 @@ impl Flights {
         });
     }
 
-    /// Submits the request being built, if any.
-    pub(super) fn submit(&mut self, queue: &mut ReadQueue) {
+    /// Submits the request being built, if any (see
+    /// [`Inner::submit_building`], which checks the file first).
+    fn submit(&mut self, queue: &mut ReadQueue) {
         let Some(p) = self.building.take() else {
             return;
         };
@@ -224,14 +220,24 @@ impl Inner {
         }
     }
 
-    /// Ends a request that was built but never submitted (the file
-    /// changed): its loads fail.
-    pub(super) fn abandon_building(&self, flights: &mut Flights, e: crate::error::Error) {
-        if let Some(p) = flights.building.take() {
-            for part in p.parts {
-                let info = self.info_unchecked(part.id);
-                let outcome = self.finish_read(part.id, info, part.landing, Err(e.clone()));
-                let _ = self.publish(part.id, part.intent, outcome);
+    /// Submits the request being built, if any, after the check that the
+    /// file is still the one indexed (part of every read); if it is not,
+    /// the request's loads fail.
+    pub(super) fn submit_building(&self, flights: &mut Flights, queue: &mut ReadQueue) {
+        let Some(p) = flights.building.take() else {
+            return;
+        };
+        match self.source.verify_unchanged() {
+            Ok(()) => {
+                flights.building = Some(p);
+                flights.submit(queue);
+            }
+            Err(e) => {
+                for part in p.parts {
+                    let info = self.info_unchecked(part.id);
+                    let outcome = self.finish_read(part.id, info, part.landing, Err(e.clone()));
+                    let _ = self.publish(part.id, part.intent, outcome);
+                }
             }
         }
     }

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types, IoUring};
 
-use super::file::DROP_BEHIND_CHUNK;
 use super::TensorBuffer;
 use crate::error::{Error, Result};
 
@@ -23,6 +22,10 @@ use crate::error::{Error, Result};
 /// gain to depth 8, 512 KiB ones are flat past 2); deeper only adds
 /// latency to the request a demand waits for.
 pub(crate) const QUEUE_DEPTH: usize = 8;
+
+/// Plain reads that drop behind themselves go in chunks of this size, so
+/// that at most one chunk sits in the page cache at a time.
+const DROP_BEHIND_CHUNK: usize = 1 << 20;
 
 /// The widest hole between two neighbours one request reads through (into
 /// the queue's hole memory): GGUF pads tensors to 32 bytes, and reading a
@@ -119,6 +122,11 @@ impl ReadQueue {
         self.hole.as_mut().map(|b| b.as_mut_slice().as_mut_ptr())
     }
 
+    /// Whether O_DIRECT requests go through an io_uring (several in flight).
+    pub(crate) fn has_ring(&self) -> bool {
+        self.ring.is_some()
+    }
+
     /// Requests submitted and not handed back yet.
     pub(crate) fn in_flight(&self) -> usize {
         self.flying.iter().filter(|f| f.is_some()).count() + self.done.len()
@@ -173,7 +181,7 @@ impl ReadQueue {
             _ => None,
         };
         let Some(index) = queued else {
-            let result = read_rest(target, &request, 0);
+            let result = read_rest(target, &request, 0).map_err(|e| read_error(&request, e));
             self.done.push_back(Completion {
                 tag: request.tag,
                 result,
@@ -210,11 +218,9 @@ impl ReadQueue {
                 } else if res == -libc::EINTR || res == -libc::EAGAIN {
                     read_rest(flight.target, &flight.request, 0)
                 } else {
-                    Err(read_error(
-                        &flight.request,
-                        std::io::Error::from_raw_os_error(-res),
-                    ))
-                };
+                    Err(std::io::Error::from_raw_os_error(-res))
+                }
+                .map_err(|e| read_error(&flight.request, e));
                 return Some(Completion {
                     tag: flight.request.tag,
                     result,
@@ -241,9 +247,10 @@ impl Drop for ReadQueue {
 }
 
 /// Reads what the kernel left of `request` after `done` bytes, with
-/// `preadv`, until it is whole or the file ends; then drops the page cache
-/// behind it if asked. Returns the bytes read in all.
-fn read_rest(target: BatchTarget, request: &Request, mut done: usize) -> Result<usize> {
+/// `preadv`, until it is whole or the file ends, dropping the page cache
+/// behind each chunk if asked. Returns the bytes read in all. Also the
+/// plain read of a [`super::FileSource`] (one iovec, from 0).
+pub(super) fn read_rest(target: BatchTarget, request: &Request, mut done: usize) -> std::io::Result<usize> {
     let total = request.len();
     // Dropping behind, at most one chunk sits in the page cache at a time
     // (a memory limit of the budget + a few MiB holds).
@@ -279,7 +286,7 @@ fn read_rest(target: BatchTarget, request: &Request, mut done: usize) -> Result<
             if e.kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
-            return Err(read_error(request, e));
+            return Err(e);
         }
         if n == 0 {
             break;
@@ -338,121 +345,6 @@ fn read_error(request: &Request, e: std::io::Error) -> Error {
         format!("read of {} bytes at offset {}", request.len(), request.offset),
         &e,
     )
-}
-
-/// What the device gives a file: the best raw `O_DIRECT` read speed over
-/// the queue depths tried, the physical bound a pager is measured against.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RawSpeed {
-    /// Bytes per second at the best depth.
-    pub bytes_per_second: f64,
-    /// The depth that gave it (requests in flight).
-    pub depth: usize,
-    /// Bytes each request read.
-    pub request_bytes: usize,
-    /// Whether the requests went through io_uring (else one at a time).
-    pub io_uring: bool,
-}
-
-/// Request size of [`raw_direct_speed`]: large enough that the device, not
-/// the round trip, sets the speed.
-const PROBE_REQUEST: usize = 2 << 20;
-/// The most bytes each depth reads: a model of many GiB is sampled.
-const PROBE_BYTES: u64 = 256 << 20;
-
-/// Measures how fast the device reads `path` with `O_DIRECT` (no page
-/// cache): sequential 2 MiB requests at depths 1, 2, 4 and 8, each depth
-/// over its own quarter of the file (up to 256 MiB) where that is at least
-/// 64 MiB, else over the whole file; returns the best. The buffers are 2
-/// MiB anonymous mappings, huge pages where the kernel gives them: on a
-/// virtual disk (virtio) a read into one huge page is one segment, and ran
-/// 2.5-3x faster than into 4 KiB pages (1.2 GB/s with `dd iflag=direct`).
-/// Where the file system refuses `O_DIRECT` (tmpfs), plain reads of a file
-/// whose page cache was dropped first.
-pub fn raw_direct_speed(path: &std::path::Path) -> Result<RawSpeed> {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
-    let open = |direct: bool| {
-        let mut o = std::fs::OpenOptions::new();
-        o.read(true);
-        if direct {
-            o.custom_flags(libc::O_DIRECT);
-        }
-        o.open(path)
-    };
-    let io_err = |e: std::io::Error| Error::from_io(format!("open of '{}'", path.display()), &e);
-    let (file, direct) = match open(true) {
-        Ok(f) => (f, true),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (open(false).map_err(io_err)?, false),
-        Err(e) => return Err(io_err(e)),
-    };
-    let size = file.metadata().map_err(io_err)?.len();
-    let depths = [1usize, 2, 4, 8];
-    // Each depth reads a quarter of its own (up to 256 MiB) where a quarter
-    // is at least 64 MiB, so that no depth reads what a cache below the
-    // page cache (a virtual disk's host) still holds from the one before; a
-    // smaller file is read whole at each depth.
-    let quarter = size / depths.len() as u64;
-    let own = quarter >= 64 << 20;
-    let stretch = if own { quarter.min(PROBE_BYTES) } else { size };
-    let requests = stretch.div_ceil(PROBE_REQUEST as u64).max(1) as usize;
-    let target = BatchTarget {
-        fd: file.as_raw_fd(),
-        block: direct.then_some(4096),
-        drop_behind: !direct,
-    };
-    let mut buffers: Vec<crate::source::TensorBuffer> = (0..QUEUE_DEPTH)
-        .map(|_| crate::source::TensorBuffer::allocate(PROBE_REQUEST, 4096))
-        .collect::<Result<_>>()?;
-    let mut best: Option<RawSpeed> = None;
-    for (n, depth) in depths.into_iter().enumerate() {
-        let first = if own { n as u64 * quarter / 4096 * 4096 } else { 0 };
-        if !direct {
-            super::drop_page_cache(path)?;
-        }
-        let mut queue = ReadQueue::new();
-        let io_uring = queue.ring.is_some() && direct;
-        let started = Instant::now();
-        let (mut next, mut bytes) = (0usize, 0u64);
-        let mut free: Vec<usize> = (0..depth).collect();
-        loop {
-            while next < requests && queue.in_flight() < depth {
-                let b = free.pop().expect("one buffer per request in flight");
-                let iov = vec![libc::iovec {
-                    iov_base: buffers[b].as_mut_slice().as_mut_ptr() as *mut libc::c_void,
-                    iov_len: PROBE_REQUEST,
-                }];
-                let offset = first + next as u64 * PROBE_REQUEST as u64;
-                queue.submit(
-                    target,
-                    Request {
-                        tag: b as u64,
-                        offset,
-                        iov,
-                    },
-                );
-                next += 1;
-            }
-            let Some(done) = queue.wait() else { break };
-            bytes += done.result? as u64;
-            free.push(done.tag as usize);
-        }
-        let seconds = started.elapsed().as_secs_f64().max(1e-9);
-        let speed = RawSpeed {
-            bytes_per_second: bytes as f64 / seconds,
-            depth,
-            request_bytes: PROBE_REQUEST,
-            io_uring,
-        };
-        if best.map_or(true, |b| speed.bytes_per_second > b.bytes_per_second) {
-            best = Some(speed);
-        }
-        if !io_uring {
-            // One at a time whatever the depth: one measure says it all.
-            break;
-        }
-    }
-    Ok(best.expect("at least one depth measured"))
 }
 
 #[cfg(test)]

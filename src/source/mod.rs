@@ -15,13 +15,13 @@ mod memory;
 mod mmap;
 
 pub(crate) use arena::{Arena, FreshChunk};
+pub use batch::BatchTarget;
 pub use batch::IO_URING_ENV;
-pub use batch::{raw_direct_speed, BatchTarget, RawSpeed};
 pub(crate) use batch::{Completion, ReadQueue, Request, MAX_HOLE, MAX_IOVECS};
 pub use buffer::Allocator;
 pub(crate) use buffer::TensorBuffer;
 pub use callback::{CallbackSource, DestroyFn, ReadAtFn};
-pub use file::{drop_page_cache, raw_pread_sweep, FileSource};
+pub use file::{drop_page_cache, raw_direct_speed, raw_pread_sweep, FileSource, RawSpeed};
 pub use memory::MemorySource;
 pub use mmap::MmapSource;
 
