@@ -10,14 +10,17 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "ggml-backend-impl.h"
@@ -677,6 +680,34 @@ void setup_experts(layerpager_ggml * lg) {
     }
 }
 
+// Whether the budget holds the largest weight that is acquired whole (an
+// expert tensor split into slices counts as its largest slice); logs why not.
+bool fits_budget(layerpager_ggml * lg) {
+    pager_stats_t stats;
+    pager_stats_init(&stats);
+    if (pager_get_stats(lg->pager, &stats) != PAGER_OK || stats.budget_bytes == 0) {
+        return true;
+    }
+    uint64_t largest = 0;
+    std::string name;
+    for (size_t id = 0; id < pager_tensor_count(lg->pager); id++) {
+        pager_tensor_info_t info;
+        if (lg->experts.count((uint32_t) id) != 0 || pager_tensor_info(lg->pager, (uint32_t) id, &info) != PAGER_OK) {
+            continue;
+        }
+        if (info.size > largest) {
+            largest = info.size;
+            name = info.name;
+        }
+    }
+    if (stats.budget_bytes >= largest) {
+        return true;
+    }
+    LP_LOG("the budget (%llu bytes) is below the largest weight, %s (%llu bytes, %.2f MiB): give at least that\n",
+           (unsigned long long) stats.budget_bytes, name.c_str(), (unsigned long long) largest, largest / 1048576.0);
+    return false;
+}
+
 }  // namespace
 
 layerpager_ggml_params layerpager_ggml_default_params(void) {
@@ -689,7 +720,81 @@ layerpager_ggml_params layerpager_ggml_default_params(void) {
     p.prefetch_threads = o.prefetch_threads;
     p.wait_ms = 1000;
     p.predict_experts = false;
+    p.follow_memory = false;
     return p;
+}
+
+std::string layerpager_ggml_parse_option(layerpager_ggml_params * params, const char * option, const char * value) {
+    if (params == nullptr || option == nullptr || value == nullptr) {
+        return "parse_option: params, option and value are required";
+    }
+    const std::string name = option;
+    const std::string text = value;
+    layerpager_ggml_params p = *params;
+    if (name == "budget") {
+        char * end = nullptr;
+        errno = 0;
+        const double number = strtod(value, &end);
+        std::string unit = end != nullptr ? end : "";
+        if (text == "auto") {
+            p.budget_bytes = PAGER_BUDGET_AUTO;
+            p.budget_share = 0;
+        } else if (end == value || errno != 0 || !std::isfinite(number) || number < 0) {
+            return "pager budget '" + text + "': expected SIZE (512M, 2G), N% of the weights or auto";
+        } else if (unit == "%") {
+            if (number <= 0 || number > 100) {
+                return "pager budget '" + text + "': a share must be above 0% and at most 100%";
+            }
+            p.budget_bytes = 0;
+            p.budget_share = number / 100;
+        } else {
+            static const char * const suffixes = "KMGT";
+            double bytes = number;
+            if (!unit.empty()) {
+                const char * at = strchr(suffixes, toupper((unsigned char) unit[0]));
+                const std::string after = unit.substr(1);
+                if (at == nullptr || !(after.empty() || after == "B" || after == "iB" || after == "i")) {
+                    return "pager budget '" + text + "': unknown unit '" + unit + "' (use K, M, G or T, or N%)";
+                }
+                bytes = std::ldexp(number, 10 * (int) (at - suffixes + 1));
+            }
+            if (bytes < 1) {
+                return "pager budget '" + text + "': a budget of 0 holds no weight (leave the option out to run unpaged)";
+            }
+            if (bytes >= 18446744073709549568.0) {
+                return "pager budget '" + text + "': too large";
+            }
+            p.budget_bytes = (uint64_t) bytes;
+            p.budget_share = 0;
+        }
+    } else if (name == "io") {
+        static const std::pair<const char *, uint32_t> modes[] = {
+            {"auto", PAGER_IO_AUTO}, {"pread", PAGER_IO_PREAD}, {"direct", PAGER_IO_DIRECT}, {"mmap", PAGER_IO_MMAP}};
+        const auto * mode = std::find_if(std::begin(modes), std::end(modes),
+                                         [&](const auto & m) { return text == m.first; });
+        if (mode == std::end(modes)) {
+            return "pager io '" + text + "': expected auto, pread, direct or mmap";
+        }
+        p.io_mode = mode->second;
+    } else if (name == "readers") {
+        char * end = nullptr;
+        const long readers = strtol(value, &end, 10);
+        if (text == "auto") {
+            p.prefetch_threads = PAGER_READERS_AUTO;
+        } else if (text.empty() || *end != '\0' || readers < 0 || readers > 64) {
+            return "pager readers '" + text + "': expected a count from 0 to 64, or auto";
+        } else {
+            p.prefetch_threads = (uint32_t) readers;
+        }
+    } else {
+        return "unknown pager option '" + name + "'";
+    }
+    *params = p;
+    return "";
+}
+
+bool layerpager_ggml_has_budget(const layerpager_ggml_params * params) {
+    return params != nullptr && (params->budget_bytes != 0 || params->budget_share > 0);
 }
 
 layerpager_ggml * layerpager_ggml_init(const char * model_path, const layerpager_ggml_params * params) {
@@ -703,6 +808,7 @@ layerpager_ggml * layerpager_ggml_init(const char * model_path, const layerpager
     o.io_mode = params->io_mode;
     o.prefetch_threads = params->prefetch_threads;
     o.wait_ms = params->wait_ms;
+    o.follow_memory = params->follow_memory ? 1 : 0;
     pager_t * pager = nullptr;
     if (o.budget_bytes == 0 && params->budget_share > 0) {
         // The share needs the weights' size: an open with no budget reads
@@ -746,6 +852,10 @@ layerpager_ggml * layerpager_ggml_init(const char * model_path, const layerpager
     }
     lg->predict = params->predict_experts;
     setup_experts(lg);
+    if (!fits_budget(lg)) {
+        layerpager_ggml_free(lg);
+        return nullptr;
+    }
     ggml_backend_buffer_type_i iface = {};
     iface.get_name = buft_name;
     iface.alloc_buffer = buft_alloc_buffer;
@@ -815,6 +925,41 @@ void layerpager_ggml_free(layerpager_ggml * lg) {
     }
     pager_close(lg->pager);
     delete lg;
+}
+
+std::string layerpager_ggml_prometheus(layerpager_ggml * lg, const char * prefix) {
+    pager_stats_t s;
+    pager_stats_init(&s);
+    if (lg == nullptr || pager_get_stats(lg->pager, &s) != PAGER_OK) {
+        return "";
+    }
+    struct metric {
+        const char * name;
+        const char * type;
+        double value;
+        const char * help;
+    };
+    const metric metrics[] = {
+        {"pager_resident_bytes", "gauge", (double) s.resident_bytes, "Weight bytes held in memory by the pager."},
+        {"pager_budget_bytes", "gauge", (double) s.budget_bytes, "The pager's budget for weight bytes (0: unlimited)."},
+        {"pager_peak_resident_bytes", "gauge", (double) s.peak_resident_bytes, "Highest pager_resident_bytes seen."},
+        {"pager_read_bytes_total", "counter", (double) s.bytes_read, "Weight bytes read from the model file."},
+        {"pager_hits_total", "counter", (double) s.hits, "Weight acquisitions served from memory."},
+        {"pager_misses_total", "counter", (double) s.misses, "Weight acquisitions that waited for a read."},
+        {"pager_evictions_total", "counter", (double) s.evictions, "Weights evicted to make room."},
+        {"pager_read_seconds_total", "counter", s.read_ns / 1e9, "Time spent reading weights."},
+        {"pager_wait_seconds_total", "counter", s.wait_ns / 1e9, "Time acquisitions waited for reads or budget."},
+    };
+    const std::string lead = prefix != nullptr ? prefix : "";
+    std::string out;
+    char value[64];
+    for (const metric & m : metrics) {
+        snprintf(value, sizeof value, "%.17g", m.value);
+        out += "# HELP " + lead + m.name + " " + m.help + "\n";
+        out += "# TYPE " + lead + m.name + " " + m.type + "\n";
+        out += lead + m.name + " " + value + "\n";
+    }
+    return out;
 }
 
 bool layerpager_ggml_moe(layerpager_ggml * lg, layerpager_ggml_moe_stats * out) {

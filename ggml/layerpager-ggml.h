@@ -49,6 +49,8 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <string>
 
 #include "ggml-backend.h"
 #include "layerpager.h"
@@ -65,6 +67,8 @@ struct layerpager_ggml_params {
     uint32_t wait_ms;           // how long an acquire waits for budget held by other threads
     bool predict_experts;       // MoE: read the next layer's likely experts a layer ahead (pre-gating); default
                                 // false: it measured 0.9-1.0x on the SmolLM2 upcycle (the disk, not the lead, limits)
+    bool follow_memory;         // the budget shrinks when the rest of the process needs the memory limit's
+                                // room and grows back up to its value (pager_options_t.follow_memory); default false
 };
 
 // What the routing of a mixture-of-experts model cost, since init. A unit is
@@ -82,7 +86,22 @@ struct layerpager_ggml_moe_stats {
 
 layerpager_ggml_params layerpager_ggml_default_params(void);
 
-// Opens the pager on the model file. Returns NULL (and logs why) on failure.
+// Sets one field of *params from a command-line value, as llama.cpp's tools
+// take them (--pager-<option> VALUE):
+//   "budget"  SIZE (bytes, or with a K/M/G/T suffix, binary: 512M, 1.5G, 2GiB),
+//             N% of the weights (0 < N <= 100), or "auto" (what the memory limit leaves)
+//   "io"      auto, pread, direct or mmap
+//   "readers" a count of background readers (0 to 64), or "auto"
+// Returns "" when set, else a one-line message saying what is wrong (and
+// leaves *params as it was). A budget of 0 is refused: no weight would fit.
+std::string layerpager_ggml_parse_option(layerpager_ggml_params * params, const char * option, const char * value);
+
+// Whether the parameters page the weights: a budget was given.
+bool layerpager_ggml_has_budget(const layerpager_ggml_params * params);
+
+// Opens the pager on the model file. Returns NULL (and logs why) on failure,
+// and when the budget is below the largest weight (or expert slice) that
+// must be resident at once.
 layerpager_ggml * layerpager_ggml_init(const char * model_path, const layerpager_ggml_params * params);
 
 // Fills the parameters so that llama.cpp loads the model's weights into the
@@ -111,5 +130,18 @@ bool layerpager_ggml_moe(layerpager_ggml * lg, layerpager_ggml_moe_stats * out);
 // --trace`). False (and logged) if the file cannot be created.
 bool layerpager_ggml_set_trace(layerpager_ggml * lg, const char * path);
 
+// The pager's figures in the Prometheus text format, each name led by
+// `prefix` ("llamacpp:" in llama-server's /metrics): resident bytes, budget,
+// peak resident bytes, bytes read, hits, misses, evictions, read and wait
+// seconds. "" when lg is NULL.
+std::string layerpager_ggml_prometheus(layerpager_ggml * lg, const char * prefix);
+
 // Frees the pager. Call after llama_free and llama_model_free.
 void layerpager_ggml_free(layerpager_ggml * lg);
+
+// Owns a layerpager_ggml; declare it before the model and the context, so
+// that it is freed after them.
+struct layerpager_ggml_deleter {
+    void operator()(layerpager_ggml * lg) const { layerpager_ggml_free(lg); }
+};
+using layerpager_ggml_ptr = std::unique_ptr<layerpager_ggml, layerpager_ggml_deleter>;

@@ -1,9 +1,9 @@
 // llama-paged: stock llama.cpp greedy generation, with the weights paged by
 // layerpager under a budget (or, with --no-pager, as llama.cpp loads them).
 //
-//     llama-paged -m MODEL.gguf [--budget 50%|BYTES] [-p PROMPT] [-n TOKENS]
-//                 [--no-pager] [--print-ids] [--io pread|direct|mmap]
-//                 [--readers N] [-t THREADS] [--trace FILE] [--predict]
+//     llama-paged -m MODEL.gguf [--budget N%|SIZE|auto] [-p PROMPT] [-n TOKENS]
+//                 [--no-pager] [--print-ids] [--io auto|pread|direct|mmap]
+//                 [--readers N|auto] [-t THREADS] [--trace FILE] [--predict]
 //                 [--compute-ms MS]
 //
 // Prints the text (with --print-ids, one token id per line instead), then
@@ -35,8 +35,8 @@
 
 static void usage(const char * argv0) {
     fprintf(stderr,
-            "usage: %s -m MODEL.gguf [--budget 50%%|BYTES] [-p PROMPT] [-n TOKENS] [--no-pager] [--print-ids]\n"
-            "          [--io pread|direct|mmap] [--readers N] [-t THREADS] [--trace FILE] [--predict]\n"
+            "usage: %s -m MODEL.gguf [--budget N%%|SIZE|auto] [-p PROMPT] [-n TOKENS] [--no-pager] [--print-ids]\n"
+            "          [--io auto|pread|direct|mmap] [--readers N|auto] [-t THREADS] [--trace FILE] [--predict]\n"
             "          [--compute-ms MS]\n",
             argv0);
 }
@@ -70,7 +70,6 @@ int main(int argc, char ** argv) {
     std::setlocale(LC_NUMERIC, "C");
     std::string model_path;
     std::string prompt = "The capital of France is";
-    std::string budget_arg = "50%";
     int n_predict = 32;
     int n_threads = 1;
     bool use_pager = true;
@@ -78,6 +77,7 @@ int main(int argc, char ** argv) {
     std::string trace_path;
     double compute_ms = 0;
     layerpager_ggml_params lp = layerpager_ggml_default_params();
+    lp.budget_share = 0.5;
 
     for (int i = 1; i < argc; i++) {
         const std::string a = argv[i];
@@ -90,20 +90,11 @@ int main(int argc, char ** argv) {
             n_predict = atoi(argv[++i]);
         } else if (a == "-t" && has_value) {
             n_threads = atoi(argv[++i]);
-        } else if (a == "--budget" && has_value) {
-            budget_arg = argv[++i];
-        } else if (a == "--readers" && has_value) {
-            lp.prefetch_threads = (uint32_t) atoi(argv[++i]);
-        } else if (a == "--io" && has_value) {
-            const std::string io = argv[++i];
-            if (io == "pread") {
-                lp.io_mode = PAGER_IO_PREAD;
-            } else if (io == "direct") {
-                lp.io_mode = PAGER_IO_DIRECT;
-            } else if (io == "mmap") {
-                lp.io_mode = PAGER_IO_MMAP;
-            } else {
-                usage(argv[0]);
+        } else if ((a == "--budget" || a == "--readers" || a == "--io") && has_value) {
+            // The same values as llama.cpp's tools take for --pager-budget, --pager-readers, --pager-io.
+            const std::string error = layerpager_ggml_parse_option(&lp, a.c_str() + 2, argv[++i]);
+            if (!error.empty()) {
+                fprintf(stderr, "llama-paged: %s\n", error.c_str());
                 return 1;
             }
         } else if (a == "--trace" && has_value) {
@@ -151,19 +142,6 @@ int main(int argc, char ** argv) {
     layerpager_ggml * pager = nullptr;
     uint64_t budget = 0;
     if (use_pager) {
-        // A share of the model is given to init as one, so that the io mode
-        // is chosen for the budget it comes to.
-        char * end = nullptr;
-        const double v = strtod(budget_arg.c_str(), &end);
-        if (end == budget_arg.c_str() || v <= 0) {
-            fprintf(stderr, "llama-paged: budget %s: not a size or a share of the model\n", budget_arg.c_str());
-            return 1;
-        }
-        if (*end == '%') {
-            lp.budget_share = v / 100.0;
-        } else {
-            lp.budget_bytes = (uint64_t) v;
-        }
         pager = layerpager_ggml_init(model_path.c_str(), &lp);
         if (pager == nullptr) {
             return 1;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fetches llama.cpp's sources through PyPI (the sdist of llama-cpp-python
 # 0.3.36 vendors llama.cpp, ggml commit 0c1e570), checks its sha256, applies
-# ggml/patches/llama-mmap-no-prefetch.patch, and builds the CMake targets
+# ggml/patches/*.patch, and builds the CMake targets
 # named on the command line (default: ggml) once, into a cache outside the
 # checkout that later runs reuse.
 #
@@ -42,11 +42,23 @@ if [ ! -f "$src/CMakeLists.txt" ]; then
   mv "$cache/llama-cpp-python-$version.partial" "$cache/llama-cpp-python-$version"
 fi
 
-# The one patch layerpager brings (ggml/patches): MAP_POPULATE made optional.
+# The patches layerpager brings (ggml/patches): MAP_POPULATE made optional,
+# and the --pager-* options of the tools (common/, llama-server's /metrics,
+# llama-bench; off unless configured with -DLLAMA_LAYERPAGER=ON). A patch
+# that changed since it was applied is taken back out first.
+patches=$(cd "$(dirname "$0")/.." && pwd)/ggml/patches
 if ! grep -q LLAMA_MMAP_NO_PREFETCH "$src/src/llama-model.cpp"; then
   log "applying ggml/patches/llama-mmap-no-prefetch.patch"
-  patch_file=$(cd "$(dirname "$0")/.." && pwd)/ggml/patches/llama-mmap-no-prefetch.patch
-  (cd "$src" && git apply -p1 "$patch_file")
+  (cd "$src" && git apply -p1 "$patches/llama-mmap-no-prefetch.patch")
+fi
+applied=$src/.layerpager-tools-pager.patch
+if ! cmp -s "$applied" "$patches/llama-tools-pager.patch"; then
+  if [ -f "$applied" ]; then
+    (cd "$src" && git apply -p1 -R "$applied")
+  fi
+  log "applying ggml/patches/llama-tools-pager.patch"
+  (cd "$src" && git apply -p1 "$patches/llama-tools-pager.patch")
+  cp "$patches/llama-tools-pager.patch" "$applied"
 fi
 
 targets=("$@")

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Builds llama.cpp's own tools (llama-server, llama-cli, llama-perplexity,
+# llama-bench) with the --pager-* options: installs layerpager into a
+# prefix in the cache (CMake package, static library, the ggml glue), then
+# turns the tools on with -DLLAMA_LAYERPAGER=ON in the cached build directory
+# of scripts/llama-cpp.sh (ggml/patches/llama-tools-pager.patch applied
+# there): later runs relink only.
+# Without --pager-budget the tools run as stock llama.cpp.
+#
+# usage: scripts/llama-tools.sh
+# prints: the directory of the tools' executables
+# env: LAYERPAGER_CACHE (default ~/.cache/layerpager)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cache=${LAYERPAGER_CACHE:-$HOME/.cache/layerpager}
+eval "$(scripts/llama-cpp.sh ggml)"
+log() { printf '[llama-tools] %s\n' "$*" >&2; }
+
+# layerpager as an engine gets it: cmake --install, then find_package. The
+# library comes from cargo's usual target directory (already built by the
+# README's commands, so nothing is rebuilt).
+target_dir=${CARGO_TARGET_DIR:-$PWD/target}
+case $target_dir in /*) ;; *) target_dir=$PWD/$target_dir ;; esac
+prefix=$cache/layerpager-prefix
+log "installing layerpager into $prefix"
+cmake -S . -B "$cache/layerpager-build" -DCMAKE_BUILD_TYPE=Release -DLAYERPAGER_BUILD_TESTS=OFF \
+  -DLAYERPAGER_CARGO_TARGET_DIR="$target_dir" >/dev/null
+cmake --build "$cache/layerpager-build" >&2
+cmake --install "$cache/layerpager-build" --prefix "$prefix" >/dev/null
+
+# The build directory of scripts/llama-cpp.sh, with the tools turned on:
+# ggml and libllama, already built there, are not built again.
+build=$LLAMA_CPP_BUILD
+if ! grep -q '^LLAMA_LAYERPAGER:BOOL=ON' "$build/CMakeCache.txt"; then
+  log "configuring llama.cpp's tools (-DLLAMA_LAYERPAGER=ON) in $build"
+  cmake -S "$LLAMA_CPP_SRC" -B "$build" -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON \
+    -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
+    -DLLAMA_LAYERPAGER=ON -DLAYERPAGER_STATIC=ON -DCMAKE_PREFIX_PATH="$prefix" >&2
+fi
+log "building llama-server, llama-cli, llama-perplexity, llama-bench (the first build takes many minutes on 2 cores)"
+cmake --build "$build" --target llama-server llama-cli llama-perplexity llama-bench -j "$(nproc)" >&2
+echo "$build/bin"
