@@ -23,10 +23,20 @@ target_dir=${CARGO_TARGET_DIR:-$PWD/target}
 case $target_dir in /*) ;; *) target_dir=$PWD/$target_dir ;; esac
 prefix=$cache/layerpager-prefix
 log "installing layerpager into $prefix"
-cmake -S . -B "$cache/layerpager-build" -DCMAKE_BUILD_TYPE=Release -DLAYERPAGER_BUILD_TESTS=OFF \
+staging=$(mktemp -d)
+trap 'rm -rf "$staging"' EXIT
+cmake -S . -B "$staging/build" -DCMAKE_BUILD_TYPE=Release -DLAYERPAGER_BUILD_TESTS=OFF \
   -DLAYERPAGER_CARGO_TARGET_DIR="$target_dir" >/dev/null
-cmake --build "$cache/layerpager-build" >&2
-cmake --install "$cache/layerpager-build" --prefix "$prefix" >/dev/null
+cmake --build "$staging/build" >&2
+cmake --install "$staging/build" --prefix "$staging/prefix" >/dev/null
+# Only files whose bytes changed are copied over (a fresh clone's new file
+# times would otherwise rebuild every tool that includes the glue's header).
+(cd "$staging/prefix" && find . -type f -o -type l) | while read -r f; do
+  if [ -L "$staging/prefix/$f" ] || ! cmp -s "$staging/prefix/$f" "$prefix/$f"; then
+    mkdir -p "$(dirname "$prefix/$f")"
+    cp -P --remove-destination "$staging/prefix/$f" "$prefix/$f"
+  fi
+done
 
 # The build directory of scripts/llama-cpp.sh, with the tools turned on:
 # ggml and libllama, already built there, are not built again.
