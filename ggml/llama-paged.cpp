@@ -244,6 +244,14 @@ int main(int argc, char ** argv) {
                mib(budget), 100.0 * budget / model_bytes, mib(model_bytes), measured / wall, 1000 * cpu / measured,
                read_per_token / 1048576.0, mib(bound), mib(after.peak_resident_bytes),
                mib(peak_rss_bytes()), bound_text);
+        // Where a token's time goes: acquires that waited for a read in
+        // flight (or for budget), misses, and tensors a read-ahead brought in.
+        printf("llama-paged: per token | waited %.1f ms | reading %.1f ms (all threads) | %.1f misses | "
+               "%.1f read-ahead hits | %.1f hits\n",
+               (after.wait_ns - before.wait_ns) / 1e6 / measured, (after.read_ns - before.read_ns) / 1e6 / measured,
+               (double) (after.misses - before.misses) / measured,
+               (double) (after.prefetch_hits - before.prefetch_hits) / measured,
+               (double) (after.hits - before.hits) / measured);
         layerpager_ggml_moe_stats moe;
         if (layerpager_ggml_moe(pager, &moe)) {
             const uint64_t tokens = moe.tokens - moe_before.tokens;

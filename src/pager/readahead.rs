@@ -163,11 +163,22 @@ impl Inner {
     fn claim_into(&self, id: u32, intent: Intent, flights: &mut Flights, queue: &mut ReadQueue) -> bool {
         let slot = self.slot_unchecked(id);
         let w = slot.load_word();
-        if state_of(w) != ABSENT || !self.claim(id, w, intent) {
+        if state_of(w) != ABSENT {
             // Another thread reads it: nothing to do, and no reason to stop.
             return true;
         }
+        // A load that would neither join the request being built nor find
+        // room in the queue is not claimed: claiming makes room for it in
+        // the budget (evictions), which giving it back unread would waste.
         let info = self.info_unchecked(id);
+        let block = self.source.direct_alignment().unwrap_or(1) as u64;
+        let len = crate::source::buffer_len_for(self.source.as_ref(), info.offset, info.size);
+        if info.size > 0 && !flights.would_take(info.offset - info.offset % block, len, queue) {
+            return false;
+        }
+        if !self.claim(id, w, intent) {
+            return true;
+        }
         let prepared = if info.size == 0 {
             Err(None)
         } else {

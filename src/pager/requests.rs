@@ -5,14 +5,16 @@
 
 use super::loads::{Intent, Landing};
 use super::Inner;
-use crate::source::{BatchTarget, Completion, ReadQueue, Request, MAX_HOLE, MAX_IOVECS};
+use crate::source::{
+    BatchTarget, Completion, ReadQueue, Request, MAX_HOLE, MAX_IOVECS, STAGED_REQUEST_BYTES,
+};
 
-/// The most bytes one request reads: an O_DIRECT request of 2 MiB already
-/// runs at the disk's speed (`raw_direct_speed`), and a demand waiting for
-/// the first tensor of a request waits for all of it. A buffered request
-/// copies from the page cache (or reads a chunk at a time, dropping
-/// behind): 1 MiB.
-const MAX_DIRECT_REQUEST_BYTES: u64 = 2 << 20;
+/// The most bytes one request reads: an O_DIRECT request as large as a
+/// slot of the staging page (1 MiB, which lands in one huge page and runs
+/// near the disk's speed), and a demand waiting for the first tensor of a
+/// request waits for all of it. A buffered request copies from the page
+/// cache (or reads a chunk at a time, dropping behind): 1 MiB.
+const MAX_DIRECT_REQUEST_BYTES: u64 = STAGED_REQUEST_BYTES as u64;
 const MAX_BUFFERED_REQUEST_BYTES: u64 = 1 << 20;
 
 /// A tensor of a request: its claimed load and where its bytes land.
@@ -79,6 +81,14 @@ impl Flights {
             Some(_) => MAX_DIRECT_REQUEST_BYTES,
             None => MAX_BUFFERED_REQUEST_BYTES,
         }
+    }
+
+    /// Whether a load claimed next, landing at `landing_start` for
+    /// `landing_len` bytes, would be read now: it joins the request being
+    /// built, or the queue has room for a new request beside that one.
+    pub(super) fn would_take(&self, landing_start: u64, landing_len: usize, queue: &ReadQueue) -> bool {
+        self.joins(landing_start, landing_len)
+            || queue.in_flight() + usize::from(self.building.is_some()) < queue.depth(&self.target)
     }
 
     /// Whether the queue takes another request of ours now.

@@ -2,7 +2,9 @@
 //! the kernel offers one, else each request read at once with `preadv`.
 //!
 //! A request is one range of the file scattered over several buffers (the
-//! neighbouring tensors it coalesces). The queue finishes what the kernel
+//! neighbouring tensors it coalesces). An `O_DIRECT` request lands first in
+//! a slot of the staging page (`staging.rs`: one huge page) where one is
+//! free, and is copied into its buffers when it ends. The queue finishes what the kernel
 //! leaves short (`EINTR`, a partial read) with plain `preadv`, drops the
 //! page cache behind a buffered read when the source asks for it, and
 //! hands back each request's outcome by its tag. Nothing here knows
@@ -14,13 +16,16 @@ use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types, IoUring};
 
+use super::staging::{self, Slot, SLOT_BYTES};
 use super::TensorBuffer;
 use crate::error::{Error, Result};
 
-/// Requests a queue keeps in flight at most. The disks this runs on reach
-/// their speed at a depth of 4 to 8 for tensor-sized reads (64 KiB reads
-/// gain to depth 8, 512 KiB ones are flat past 2); deeper only adds
-/// latency to the request a demand waits for.
+/// Requests a queue keeps in flight at most where they are not staged (no
+/// huge page for the staging page): the disks this runs on reach their
+/// speed at a depth of 4 to 8 for tensor-sized reads into 4 KiB pages (64
+/// KiB reads gain to depth 8, 512 KiB ones are flat past 2); deeper only
+/// adds latency to the request a demand waits for. Staged requests go as
+/// many at a time as the staging page has slots.
 pub(crate) const QUEUE_DEPTH: usize = 8;
 
 /// Plain reads that drop behind themselves go in chunks of this size, so
@@ -79,6 +84,48 @@ struct InFlight {
     request: Request,
     target: BatchTarget,
     started: Instant,
+    /// Where the read lands first, if staged (see [`stage`]).
+    staged: Option<Staged>,
+}
+
+/// A request read into a slot of the staging page, then copied into its
+/// own buffers.
+struct Staged {
+    slot: Slot,
+    /// The request with the slot as its one iovec.
+    read: Request,
+}
+
+/// The staged form of an `O_DIRECT` request no larger than a slot, if a
+/// slot is free.
+fn stage(target: &BatchTarget, request: &Request) -> Option<Staged> {
+    let len = request.len();
+    if target.block.is_none() || len > SLOT_BYTES {
+        return None;
+    }
+    let slot = staging::take()?;
+    let read = Request {
+        tag: request.tag,
+        offset: request.offset,
+        iov: vec![libc::iovec {
+            iov_base: slot.ptr() as *mut libc::c_void,
+            iov_len: len,
+        }],
+    };
+    Some(Staged { slot, read })
+}
+
+/// Copies the `n` bytes a staged read brought into its request's buffers.
+fn unstage(staged: &Staged, request: &Request, n: usize) {
+    let mut from = staged.slot.bytes(n);
+    for v in &request.iov {
+        let take = v.iov_len.min(from.len());
+        // SAFETY: the iovec names a buffer the pager keeps alive and
+        // writable until this request is handed back (see `submit`); the
+        // slot is ours, so the two do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(from.as_ptr(), v.iov_base as *mut u8, take) };
+        from = &from[take..];
+    }
 }
 
 /// A reader thread's queue of requests in flight.
@@ -132,17 +179,28 @@ impl ReadQueue {
         self.flying.iter().filter(|f| f.is_some()).count() + self.done.len()
     }
 
-    /// Whether another request for `target` can be submitted now: up to
-    /// [`QUEUE_DEPTH`] in flight through the ring; one at a time where a
-    /// request is read at submit (its loads are then published before the
-    /// next is read, not after a whole round of them).
+    /// Whether another request for `target` can be submitted now (see
+    /// [`ReadQueue::depth`]).
     pub(crate) fn has_room(&self, target: &BatchTarget) -> bool {
-        let depth = if self.ring.is_some() && target.block.is_some() {
-            QUEUE_DEPTH
+        self.in_flight() < self.depth(target)
+    }
+
+    /// How many requests for `target` may be in flight at once: through the
+    /// ring, one per slot of the staging page, or [`QUEUE_DEPTH`] without
+    /// one; one where a request is read at submit (its loads are then
+    /// published before the next is read, not after a whole round of them).
+    pub(crate) fn depth(&self, target: &BatchTarget) -> usize {
+        if self.ring.is_some() && target.block.is_some() {
+            // Staged, as many as the staging page has slots: a request
+            // past them would land in 4 KiB pages, at a third of the speed,
+            // and slow the staged ones beside it.
+            match staging::slots() {
+                0 => QUEUE_DEPTH,
+                slots => slots,
+            }
         } else {
             1
-        };
-        self.in_flight() < depth
+        }
     }
 
     /// Submits `request`; without a ring it is read now and its completion
@@ -151,6 +209,8 @@ impl ReadQueue {
     pub(crate) fn submit(&mut self, target: BatchTarget, request: Request) {
         debug_assert!(self.has_room(&target));
         let started = Instant::now();
+        let staged = stage(&target, &request);
+        let read = staged.as_ref().map_or(&request, |s| &s.read);
         // Buffered reads through io_uring go to the kernel's own worker
         // threads (measured slower than reading them here): only O_DIRECT
         // requests are queued.
@@ -158,18 +218,15 @@ impl ReadQueue {
         let index = self.flying.iter().position(Option::is_none);
         let queued = match (ring, index) {
             (Some(ring), Some(index)) => {
-                let entry = opcode::Readv::new(
-                    types::Fd(target.fd),
-                    request.iov.as_ptr(),
-                    request.iov.len() as u32,
-                )
-                .offset(request.offset)
-                .build()
-                .user_data(index as u64);
+                let entry =
+                    opcode::Readv::new(types::Fd(target.fd), read.iov.as_ptr(), read.iov.len() as u32)
+                        .offset(read.offset)
+                        .build()
+                        .user_data(index as u64);
                 // SAFETY: the iovecs and the buffers they name stay alive
                 // until the completion for `index` is reaped (they live in
-                // `flying`, and the pager holds the buffers until `wait`
-                // returns this tag).
+                // `flying`, the staging slot with them, and the pager holds
+                // the buffers until `wait` returns this tag).
                 let pushed = unsafe { ring.submission().push(&entry) }.is_ok();
                 if pushed {
                     // A submission the kernel turns away now (EAGAIN, EBUSY)
@@ -181,7 +238,13 @@ impl ReadQueue {
             _ => None,
         };
         let Some(index) = queued else {
-            let result = read_rest(target, &request, 0).map_err(|e| read_error(&request, e));
+            let result = read_rest(target, read, 0)
+                .inspect(|&n| {
+                    if let Some(s) = &staged {
+                        unstage(s, &request, n);
+                    }
+                })
+                .map_err(|e| read_error(&request, e));
             self.done.push_back(Completion {
                 tag: request.tag,
                 result,
@@ -193,6 +256,7 @@ impl ReadQueue {
             request,
             target,
             started,
+            staged,
         });
     }
 
@@ -213,13 +277,19 @@ impl ReadQueue {
                     .take()
                     .expect("a completion for a request in flight");
                 let res = cqe.result();
+                let read = flight.staged.as_ref().map_or(&flight.request, |s| &s.read);
                 let result = if res >= 0 {
-                    read_rest(flight.target, &flight.request, res as usize)
+                    read_rest(flight.target, read, res as usize)
                 } else if res == -libc::EINTR || res == -libc::EAGAIN {
-                    read_rest(flight.target, &flight.request, 0)
+                    read_rest(flight.target, read, 0)
                 } else {
                     Err(std::io::Error::from_raw_os_error(-res))
                 }
+                .inspect(|&n| {
+                    if let Some(s) = &flight.staged {
+                        unstage(s, &flight.request, n);
+                    }
+                })
                 .map_err(|e| read_error(&flight.request, e));
                 return Some(Completion {
                     tag: flight.request.tag,
@@ -444,6 +514,11 @@ mod tests {
                 q.ring = None;
             }
             run(&mut q, f.path(), &bytes);
+            // And with every slot of the staging page held: each request
+            // lands in its own buffers.
+            let held: Vec<_> = std::iter::from_fn(staging::take).collect();
+            run(&mut q, f.path(), &bytes);
+            drop(held);
         }
         // And the bytes themselves, through one request over two buffers.
         let mut q = ReadQueue::new();

@@ -220,7 +220,7 @@ impl ByteSource for FileSource {
             self.read_exact_at(offset, &mut buf[..len])?;
             return Ok(len);
         };
-        pread_full(direct, offset, buf).map_err(|e| {
+        pread_staged(direct, offset, buf).map_err(|e| {
             Error::from_io(
                 format!(
                     "direct read of {} bytes at offset {} from {}",
@@ -427,6 +427,25 @@ pub fn raw_direct_speed(path: &std::path::Path) -> Result<RawSpeed> {
         }
     }
     Ok(best.expect("at least one depth measured"))
+}
+
+/// An `O_DIRECT` read of `buf` (aligned) through a slot of the staging
+/// page, a slot at a time, where one is free; else straight into `buf`.
+fn pread_staged(direct: &File, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+    let Some(mut slot) = super::staging::take() else {
+        return pread_full(direct, offset, buf);
+    };
+    let mut done = 0usize;
+    while done < buf.len() {
+        let len = (buf.len() - done).min(super::staging::SLOT_BYTES);
+        let n = pread_full(direct, offset + done as u64, slot.bytes_mut(len))?;
+        buf[done..done + n].copy_from_slice(slot.bytes(n));
+        done += n;
+        if n < len {
+            break;
+        }
+    }
+    Ok(done)
 }
 
 /// `pread` until `buf` is full or the end of the file; returns bytes read.

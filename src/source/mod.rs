@@ -13,6 +13,7 @@ mod callback;
 mod file;
 mod memory;
 mod mmap;
+mod staging;
 
 pub(crate) use arena::{Arena, FreshChunk};
 pub use batch::BatchTarget;
@@ -24,6 +25,8 @@ pub use callback::{CallbackSource, DestroyFn, ReadAtFn};
 pub use file::{drop_page_cache, raw_direct_speed, raw_pread_sweep, FileSource, RawSpeed};
 pub use memory::MemorySource;
 pub use mmap::MmapSource;
+pub(crate) use staging::SLOT_BYTES as STAGED_REQUEST_BYTES;
+pub use staging::STAGING_ENV;
 
 use crate::error::{Error, Result};
 
