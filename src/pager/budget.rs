@@ -16,7 +16,7 @@ use super::window::Window;
 use super::Inner;
 use crate::error::{Error, Result};
 use crate::policy::{Candidates, ResidentSet};
-use crate::source::{Arena, FreshChunk, TensorBuffer};
+use crate::source::{Arena, FreshChunk, TensorBuffer, STAGING_BYTES};
 
 /// Chunks an arena takes from the engine's allocator when there is no budget.
 const UNLIMITED_ARENA_CHUNK: u64 = 256 << 20;
@@ -26,6 +26,14 @@ const UNLIMITED_ARENA_CHUNK: u64 = 256 << 20;
 /// buffer for being the right size: one streamed long ago may have been
 /// about to become one the pass keeps.
 const RECENTLY_STREAMED: u64 = 16;
+
+/// Reads are staged where the budget holds the largest tensor and the
+/// staging page with this to spare, and the page is at most
+/// 1/`STAGING_SHARE` of the budget: charged to a smaller budget, the page
+/// would cost more reads (2 MiB a pass, or a share of the experts' hits)
+/// than its speed is worth.
+const STAGING_ROOM: u64 = 4 * STAGING_BYTES;
+const STAGING_SHARE: u64 = 20;
 
 /// How often a thread waiting for budget looks again even if nobody woke it.
 const BUDGET_WAIT_POLL: Duration = Duration::from_millis(100);
@@ -53,6 +61,9 @@ pub(super) struct EvictState {
     pub(super) charged: ResidentSet,
     /// Bytes of arena chunks being allocated with this mutex released.
     pub(super) growing: u64,
+    /// The staging page the source's `O_DIRECT` reads land in, charged to
+    /// the budget like a pinned tensor (0 when reads are not staged).
+    pub(super) staging_bytes: u64,
     /// Calls out of the pager that evictions made necessary, done once the
     /// mutex is released ([`Inner::unlock`]).
     pub(super) deferred: Vec<Deferred>,
@@ -90,6 +101,7 @@ impl EvictState {
         self.resident_bytes
             + self.pooled_bytes
             + self.growing
+            + self.staging_bytes
             + self.arena.as_ref().map_or(0, |a| a.free_bytes())
     }
 
@@ -373,7 +385,7 @@ impl Inner {
                 {
                     continue;
                 }
-            } else if g.resident_bytes + charge > budget {
+            } else if g.resident_bytes + g.staging_bytes + charge > budget {
                 if self.evict_one_for(&mut g, id, readahead.then_some(id), intent, charge, wants_buffer) {
                     continue;
                 }
@@ -625,6 +637,7 @@ impl Inner {
             budget
         };
         let mut g = self.lock_evict();
+        self.stage_reads_if_room(&mut g, budget);
         if budget != 0 && g.held() > budget {
             self.evict_down(&mut g, budget);
             if g.held() > budget {
@@ -636,10 +649,38 @@ impl Inner {
             }
         }
         self.budget.store(budget, Ordering::Relaxed);
-        self.policy.set_budget(budget);
+        self.policy.set_budget(self.tensor_budget(&g, budget));
         self.source.set_drop_behind(budget != 0);
         self.budget_freed.notify_all();
         self.unlock(g);
         Ok(())
+    }
+
+    /// Stages the source's `O_DIRECT` reads (charging the staging page to
+    /// the budget) where the budget has room for it (see [`STAGING_ROOM`]),
+    /// and stops where it no longer has. A pager with no budget does not
+    /// stage: a model that fits is read once.
+    pub(super) fn stage_reads_if_room(&self, g: &mut EvictState, budget: u64) {
+        let room = budget != 0
+            && budget >= g.largest_tensor + STAGING_BYTES + STAGING_ROOM
+            && budget >= STAGING_SHARE * STAGING_BYTES;
+        if room && g.staging_bytes == 0 {
+            if self.source.stage_direct_reads(true) {
+                g.staging_bytes = STAGING_BYTES;
+                g.peak_resident_bytes = g.peak_resident_bytes.max(g.held());
+            }
+        } else if !room && g.staging_bytes > 0 {
+            self.source.stage_direct_reads(false);
+            g.staging_bytes = 0;
+        }
+    }
+
+    /// The part of `budget` that tensors may hold (less the staging page).
+    pub(super) fn tensor_budget(&self, g: &EvictState, budget: u64) -> u64 {
+        if budget == 0 {
+            0
+        } else {
+            budget.saturating_sub(g.staging_bytes).max(1)
+        }
     }
 }

@@ -146,7 +146,14 @@ impl Pager {
         });
         let sizes: Vec<u64> = inner.index.tensors().iter().map(|t| t.size).collect();
         inner.policy.set_sizes(0, &sizes);
-        inner.policy.set_budget(options.budget_bytes);
+        {
+            let mut g = inner.lock_evict();
+            inner.stage_reads_if_room(&mut g, options.budget_bytes);
+            inner
+                .policy
+                .set_budget(inner.tensor_budget(&g, options.budget_bytes));
+            drop(g);
+        }
         if inner
             .index
             .tensors()

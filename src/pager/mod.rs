@@ -272,6 +272,7 @@ impl Inner {
             evictions: g.evictions,
             bytes_read: self.bytes_read.load(Ordering::Relaxed),
             resident_bytes: g.held(),
+            staging_bytes: g.staging_bytes,
             peak_resident_bytes: g.peak_resident_bytes,
             budget_bytes: self.budget.load(Ordering::Relaxed),
             read_ns: self.read_ns.load(Ordering::Relaxed),

@@ -44,12 +44,14 @@ impl Inner {
             // to overlap the next tensors' reads with compute.
             return UNLIMITED_READ_AHEAD_WINDOW.max(2 * g.largest_tensor);
         }
-        if budget >= model {
+        // What tensors may hold: the budget less the staging page.
+        let for_tensors = self.tensor_budget(g, budget);
+        if for_tensors >= model {
             return u64::MAX;
         }
         // Room that is free now costs the kept part nothing.
         let free = budget.saturating_sub(g.held());
-        ((model - budget) / 32).max(free)
+        ((model - for_tensors) / 32).max(free)
     }
 }
 

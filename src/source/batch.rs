@@ -55,6 +55,9 @@ pub struct BatchTarget {
     pub block: Option<usize>,
     /// Drop what a buffered read brought into the page cache.
     pub drop_behind: bool,
+    /// `O_DIRECT` requests land in the staging page first (the source
+    /// holds a lease on it).
+    pub staged: bool,
 }
 
 /// One request: the file from `offset` on, into `iov` in order.
@@ -100,7 +103,7 @@ struct Staged {
 /// slot is free.
 fn stage(target: &BatchTarget, request: &Request) -> Option<Staged> {
     let len = request.len();
-    if target.block.is_none() || len > SLOT_BYTES {
+    if !target.staged || target.block.is_none() || len > SLOT_BYTES {
         return None;
     }
     let slot = staging::take()?;
@@ -194,9 +197,10 @@ impl ReadQueue {
             // Staged, as many as the staging page has slots: a request
             // past them would land in 4 KiB pages, at a third of the speed,
             // and slow the staged ones beside it.
-            match staging::slots() {
-                0 => QUEUE_DEPTH,
-                slots => slots,
+            if target.staged {
+                staging::slots()
+            } else {
+                QUEUE_DEPTH
             }
         } else {
             1
@@ -447,6 +451,7 @@ mod tests {
             fd: file.as_raw_fd(),
             block: Some(4096),
             drop_behind: false,
+            staged: true,
         };
         let mut bufs: Vec<TensorBuffer> = (0..30)
             .map(|i| TensorBuffer::allocate(4096 * (1 + i % 3), 4096).unwrap())
@@ -499,6 +504,7 @@ mod tests {
             fd,
             block: None,
             drop_behind: false,
+            staged: false,
         };
         let iov = iovecs(bufs);
         q.submit(target, Request { tag: 7, offset, iov });
@@ -508,6 +514,8 @@ mod tests {
     #[test]
     fn scattered_requests_read_every_byte_with_and_without_a_ring() {
         let (f, bytes) = file_of(400_000);
+        // Staged where the page can be had (run's target asks for it).
+        let _lease = staging::attach();
         for ring in [true, false] {
             let mut q = ReadQueue::new();
             if !ring {
@@ -516,9 +524,11 @@ mod tests {
             run(&mut q, f.path(), &bytes);
             // And with every slot of the staging page held: each request
             // lands in its own buffers.
+            let lease = staging::attach();
             let held: Vec<_> = std::iter::from_fn(staging::take).collect();
             run(&mut q, f.path(), &bytes);
             drop(held);
+            drop(lease);
         }
         // And the bytes themselves, through one request over two buffers.
         let mut q = ReadQueue::new();

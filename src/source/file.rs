@@ -84,6 +84,10 @@ pub struct FileSource {
     drop_behind: AtomicBool,
     /// Never drop behind: the file fits in memory beside the budget.
     keep_cache: bool,
+    /// The lease on the staging page while `O_DIRECT` reads are staged
+    /// ([`ByteSource::stage_direct_reads`]).
+    staging: std::sync::Mutex<Option<super::staging::Lease>>,
+    staged: AtomicBool,
 }
 
 impl FileSource {
@@ -134,6 +138,8 @@ impl FileSource {
             None
         };
         Ok(FileSource {
+            staging: std::sync::Mutex::new(None),
+            staged: AtomicBool::new(false),
             file,
             path: path.to_owned(),
             identity,
@@ -151,6 +157,7 @@ impl FileSource {
             fd: self.file.as_raw_fd(),
             block: None,
             drop_behind: self.drop_behind.load(Ordering::Relaxed),
+            staged: false,
         };
         let iov = vec![libc::iovec {
             iov_base: buf.as_mut_ptr() as *mut libc::c_void,
@@ -220,7 +227,12 @@ impl ByteSource for FileSource {
             self.read_exact_at(offset, &mut buf[..len])?;
             return Ok(len);
         };
-        pread_staged(direct, offset, buf).map_err(|e| {
+        let read = if self.staged.load(Ordering::Relaxed) {
+            pread_staged(direct, offset, buf)
+        } else {
+            pread_full(direct, offset, buf)
+        };
+        read.map_err(|e| {
             Error::from_io(
                 format!(
                     "direct read of {} bytes at offset {} from {}",
@@ -238,7 +250,9 @@ impl ByteSource for FileSource {
     }
 
     fn io_description(&self) -> String {
-        if self.direct.is_some() {
+        if self.staged.load(Ordering::Relaxed) {
+            "O_DIRECT (no page cache) through a 2 MiB staging huge page".to_owned()
+        } else if self.direct.is_some() {
             "O_DIRECT (no page cache)".to_owned()
         } else if self.drop_behind.load(Ordering::Relaxed) {
             "pread, page cache dropped behind each read".to_owned()
@@ -262,7 +276,20 @@ impl ByteSource for FileSource {
             fd: self.direct.as_ref().unwrap_or(&self.file).as_raw_fd(),
             block: self.direct_alignment(),
             drop_behind: self.direct.is_none() && self.drop_behind.load(Ordering::Relaxed),
+            staged: self.staged.load(Ordering::Relaxed),
         })
+    }
+
+    fn stage_direct_reads(&self, on: bool) -> bool {
+        let mut lease = self.staging.lock().unwrap_or_else(|e| e.into_inner());
+        if !on {
+            *lease = None;
+        } else if lease.is_none() && self.direct.is_some() {
+            *lease = super::staging::attach();
+        }
+        let staged = lease.is_some();
+        self.staged.store(staged, Ordering::Relaxed);
+        staged
     }
 
     fn set_drop_behind(&self, on: bool) {
@@ -374,6 +401,7 @@ pub fn raw_direct_speed(path: &std::path::Path) -> Result<RawSpeed> {
         fd: file.as_raw_fd(),
         block: direct.then_some(4096),
         drop_behind: !direct,
+        staged: false,
     };
     let mut buffers: Vec<TensorBuffer> = (0..QUEUE_DEPTH)
         .map(|_| TensorBuffer::allocate(PROBE_REQUEST, 4096))

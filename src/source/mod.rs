@@ -25,8 +25,8 @@ pub use callback::{CallbackSource, DestroyFn, ReadAtFn};
 pub use file::{drop_page_cache, raw_direct_speed, raw_pread_sweep, FileSource, RawSpeed};
 pub use memory::MemorySource;
 pub use mmap::MmapSource;
-pub(crate) use staging::SLOT_BYTES as STAGED_REQUEST_BYTES;
 pub use staging::STAGING_ENV;
+pub(crate) use staging::{SLOT_BYTES as STAGED_REQUEST_BYTES, STAGING_BYTES};
 
 use crate::error::{Error, Result};
 
@@ -135,6 +135,14 @@ pub trait ByteSource: Send + Sync {
     /// at a time through [`ByteSource::read_exact_at`].
     fn batch_target(&self) -> Option<BatchTarget> {
         None
+    }
+
+    /// With `on`, `O_DIRECT` reads land in the process's staging huge page
+    /// first (see `staging.rs`), if the source reads with `O_DIRECT` and
+    /// the page can be had; with `off`, they no longer do. Returns whether
+    /// they do now. Sources without `O_DIRECT` ignore it.
+    fn stage_direct_reads(&self, _on: bool) -> bool {
+        false
     }
 
     /// Tells the OS that `offset..offset+len` of a mapping is not needed.

@@ -10,17 +10,23 @@
 //! many, so they cannot each be a huge page; copying a MiB costs about a
 //! tenth of a millisecond, a third of what the slower read loses.
 //!
-//! The page is mapped at the first `O_DIRECT` read, kept for the life of the
-//! process (2 MiB beside every budget, like the readers' stacks), and used
-//! only if the kernel backs it with a huge page: where transparent huge
-//! pages are off, or none is free, reads go straight into the tensors'
-//! buffers as before. `LAYERPAGER_STAGING=off` turns it off.
+//! The page is mapped when the first pager that reads with `O_DIRECT`
+//! under a budget opens, charged to that pager's budget (a tensor less of
+//! room, not 2 MiB beside it), and unmapped when the last one closes. It is
+//! used only if the kernel backs it with a huge page: where transparent
+//! huge pages are off, or none is free, reads go straight into the
+//! tensors' buffers as before and nothing is charged.
+//! `LAYERPAGER_STAGING=off` turns it off.
 
 use std::ptr::NonNull;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 /// Bytes of one slot: the largest request that is staged.
 pub(crate) const SLOT_BYTES: usize = 1 << 20;
+
+/// Bytes of the staging page, charged to the budget of each pager whose
+/// reads use it.
+pub(crate) const STAGING_BYTES: u64 = HUGE_PAGE as u64;
 
 const HUGE_PAGE: usize = 2 << 20;
 const SLOTS: usize = HUGE_PAGE / SLOT_BYTES;
@@ -29,24 +35,44 @@ const SLOTS: usize = HUGE_PAGE / SLOT_BYTES;
 /// `O_DIRECT` reads then land in the tensors' buffers themselves.
 pub const STAGING_ENV: &str = "LAYERPAGER_STAGING";
 
+/// The staging page and who uses it: mapped at the first lease, unmapped
+/// when the last lease and the last slot are gone.
 struct Pool {
-    base: NonNull<u8>,
-    slots: usize,
-    free: Mutex<Vec<usize>>,
+    page: Option<NonNull<u8>>,
+    leases: usize,
+    free: Vec<usize>,
 }
 
 // SAFETY: the page is only reached through slots, each handed to one
 // holder at a time under the mutex.
 unsafe impl Send for Pool {}
-// SAFETY: as above.
-unsafe impl Sync for Pool {}
 
-static POOL: OnceLock<Option<Pool>> = OnceLock::new();
+static POOL: Mutex<Pool> = Mutex::new(Pool::new());
+
+/// Held by a source whose `O_DIRECT` reads are staged: the page stays
+/// mapped while any lease does.
+pub(crate) struct Lease {
+    pool: &'static Mutex<Pool>,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("staging lease")
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut p = lock(self.pool);
+        p.leases -= 1;
+        p.unmap_if_unused();
+    }
+}
 
 /// One slot of the staging page, [`SLOT_BYTES`] long, aligned to it; goes
 /// back to the pool when dropped.
 pub(crate) struct Slot {
-    pool: &'static Pool,
+    pool: &'static Mutex<Pool>,
     index: usize,
     ptr: NonNull<u8>,
 }
@@ -63,8 +89,8 @@ impl Slot {
     /// The slot's first `len` bytes (at most [`SLOT_BYTES`]).
     pub(crate) fn bytes(&self, len: usize) -> &[u8] {
         assert!(len <= SLOT_BYTES);
-        // SAFETY: the slot is SLOT_BYTES of the live staging page, held by
-        // this slot alone.
+        // SAFETY: the slot is SLOT_BYTES of the mapped staging page (a slot
+        // out keeps it mapped), held by this slot alone.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), len) }
     }
 
@@ -78,99 +104,121 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.pool
-            .free
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(self.index);
+        let mut p = lock(self.pool);
+        p.free.push(self.index);
+        p.unmap_if_unused();
     }
 }
 
-/// Slots of the process's staging page (0 without one).
-pub(crate) fn slots() -> usize {
-    pool().map_or(0, |p| p.slots)
+fn lock(pool: &Mutex<Pool>) -> std::sync::MutexGuard<'_, Pool> {
+    pool.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn pool() -> Option<&'static Pool> {
-    POOL.get_or_init(|| {
-        let off = std::env::var(STAGING_ENV).is_ok_and(|v| v == "off" || v == "0");
-        if off {
-            None
-        } else {
-            Pool::map()
-        }
-    })
-    .as_ref()
+/// A lease on the process's staging page, mapping it if need be; `None`
+/// where staging is off or the kernel gives no huge page.
+pub(crate) fn attach() -> Option<Lease> {
+    if std::env::var(STAGING_ENV).is_ok_and(|v| v == "off" || v == "0") {
+        return None;
+    }
+    attach_to(&POOL)
 }
 
-/// A free slot of the process's staging page, or `None` when every slot is
-/// taken, staging is off, or the kernel gave no huge page.
+/// A free slot of the staging page, for a source that holds a lease;
+/// `None` when every slot is taken.
 pub(crate) fn take() -> Option<Slot> {
-    pool()?.take()
+    take_from(&POOL)
+}
+
+/// How many requests may be staged at once.
+pub(crate) const fn slots() -> usize {
+    SLOTS
+}
+
+fn attach_to(pool: &'static Mutex<Pool>) -> Option<Lease> {
+    let mut p = lock(pool);
+    if p.page.is_none() {
+        p.page = Some(map_huge_page()?);
+        p.free = (0..SLOTS).collect();
+    }
+    p.leases += 1;
+    Some(Lease { pool })
+}
+
+fn take_from(pool: &'static Mutex<Pool>) -> Option<Slot> {
+    let mut p = lock(pool);
+    let page = p.page?;
+    let index = p.free.pop()?;
+    // SAFETY: index < SLOTS: inside the staging page.
+    let ptr = unsafe { NonNull::new_unchecked(page.as_ptr().add(index * SLOT_BYTES)) };
+    Some(Slot { pool, index, ptr })
 }
 
 impl Pool {
-    fn take(&'static self) -> Option<Slot> {
-        let index = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
-        // SAFETY: index < SLOTS: inside the staging page.
-        let ptr = unsafe { NonNull::new_unchecked(self.base.as_ptr().add(index * SLOT_BYTES)) };
-        Some(Slot {
-            pool: self,
-            index,
-            ptr,
-        })
+    const fn new() -> Pool {
+        Pool {
+            page: None,
+            leases: 0,
+            free: Vec::new(),
+        }
     }
 
-    /// Maps a page aligned to a huge page; `None` unless the kernel backs
-    /// it with one.
-    fn map() -> Option<Pool> {
-        // Twice the size, to cut a range aligned to a huge page out of it.
-        // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
-        let raw = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                2 * HUGE_PAGE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if raw == libc::MAP_FAILED {
-            return None;
+    fn unmap_if_unused(&mut self) {
+        if self.leases > 0 || self.free.len() < SLOTS {
+            return;
         }
-        let start = raw as usize;
-        let base = start.next_multiple_of(HUGE_PAGE);
-        let (head, tail) = (base - start, start + 2 * HUGE_PAGE - (base + HUGE_PAGE));
-        // SAFETY: unmapping the parts of our own mapping outside the aligned range.
-        unsafe {
-            if head > 0 {
-                libc::munmap(raw, head);
-            }
-            if tail > 0 {
-                libc::munmap((base + HUGE_PAGE) as *mut libc::c_void, tail);
-            }
+        if let Some(page) = self.page.take() {
+            // SAFETY: the page is ours, and no lease or slot refers to it.
+            unsafe { libc::munmap(page.as_ptr() as *mut libc::c_void, HUGE_PAGE) };
         }
-        let page = base as *mut libc::c_void;
-        // SAFETY: advice on our own aligned mapping; the write faults the
-        // page in (as a huge page where the kernel has one); MADV_COLLAPSE
-        // (Linux 6.1 on) makes one out of small pages if it did not.
-        unsafe {
-            libc::madvise(page, HUGE_PAGE, libc::MADV_HUGEPAGE);
-            std::ptr::write_volatile(page as *mut u8, 0);
-            libc::madvise(page, HUGE_PAGE, MADV_COLLAPSE);
-        }
-        if !is_huge_page(base) {
-            // SAFETY: the aligned range is ours and nothing points into it.
-            unsafe { libc::munmap(page, HUGE_PAGE) };
-            return None;
-        }
-        Some(Pool {
-            base: NonNull::new(base as *mut u8)?,
-            slots: SLOTS,
-            free: Mutex::new((0..SLOTS).collect()),
-        })
+        self.free.clear();
     }
+}
+
+/// Maps a page aligned to a huge page; `None` unless the kernel backs it
+/// with one.
+fn map_huge_page() -> Option<NonNull<u8>> {
+    // Twice the size, to cut a range aligned to a huge page out of it.
+    // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
+    let raw = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            2 * HUGE_PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if raw == libc::MAP_FAILED {
+        return None;
+    }
+    let start = raw as usize;
+    let base = start.next_multiple_of(HUGE_PAGE);
+    let (head, tail) = (base - start, start + 2 * HUGE_PAGE - (base + HUGE_PAGE));
+    // SAFETY: unmapping the parts of our own mapping outside the aligned range.
+    unsafe {
+        if head > 0 {
+            libc::munmap(raw, head);
+        }
+        if tail > 0 {
+            libc::munmap((base + HUGE_PAGE) as *mut libc::c_void, tail);
+        }
+    }
+    let page = base as *mut libc::c_void;
+    // SAFETY: advice on our own aligned mapping; the write faults the page
+    // in (as a huge page where the kernel has one); MADV_COLLAPSE (Linux
+    // 6.1 on) makes one out of small pages if it did not.
+    unsafe {
+        libc::madvise(page, HUGE_PAGE, libc::MADV_HUGEPAGE);
+        std::ptr::write_volatile(page as *mut u8, 0);
+        libc::madvise(page, HUGE_PAGE, MADV_COLLAPSE);
+    }
+    if !is_huge_page(base) {
+        // SAFETY: the aligned range is ours and nothing points into it.
+        unsafe { libc::munmap(page, HUGE_PAGE) };
+        return None;
+    }
+    NonNull::new(base as *mut u8)
 }
 
 /// `MADV_COLLAPSE`, which the libc crate does not name on every target.
@@ -201,24 +249,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn slots_are_distinct_aligned_and_come_back() {
+    fn slots_are_distinct_aligned_come_back_and_the_page_goes_with_the_last_user() {
         // A pool of its own: the process's is shared with the other tests.
-        let Some(pool) = Pool::map() else {
+        let pool: &'static Mutex<Pool> = Box::leak(Box::new(Mutex::new(Pool::new())));
+        assert!(take_from(pool).is_none(), "no slot without a lease");
+        let Some(lease) = attach_to(pool) else {
             // No transparent huge page here: nothing is staged, nothing to check.
             eprintln!("no transparent huge page: staging is off here");
             return;
         };
-        let pool: &'static Pool = Box::leak(Box::new(pool));
-        let a = pool.take().expect("a slot");
-        let b = pool.take().expect("two slots");
+        let a = take_from(pool).expect("a slot");
+        let mut b = take_from(pool).expect("two slots");
         assert_ne!(a.ptr(), b.ptr());
         assert_eq!(a.ptr() as usize % SLOT_BYTES, 0);
-        assert!(pool.take().is_none(), "two slots in all");
+        assert!(take_from(pool).is_none(), "two slots in all");
         drop(a);
-        let c = pool.take().expect("a dropped slot comes back");
-        let mut c = c;
-        c.bytes_mut(SLOT_BYTES).fill(7);
-        assert!(c.bytes(SLOT_BYTES).iter().all(|&x| x == 7));
+        b.bytes_mut(SLOT_BYTES).fill(7);
+        assert!(b.bytes(SLOT_BYTES).iter().all(|&x| x == 7));
+        drop(lease);
+        assert!(lock(pool).page.is_some(), "a slot out keeps the page");
+        drop(b);
+        assert!(lock(pool).page.is_none(), "unmapped with the last user");
     }
 
     #[test]
