@@ -8,7 +8,8 @@
 //
 // Prints the text (with --print-ids, one token id per line instead), then
 // one line of figures: tokens/s, CPU ms per token, MiB read per token and
-// its bound (model minus budget), peak resident vs budget, peak RSS, the
+// its bound (model minus what the budget leaves tensors: less the staging
+// page where O_DIRECT reads are staged), peak resident vs budget, peak RSS, the
 // raw O_DIRECT speed of the file measured before the run, and the tokens/s
 // that speed allows: max(compute, bytes read / raw speed) per token, with
 // the run's share of it (--compute-ms gives the compute time per token of
@@ -230,7 +231,9 @@ int main(int argc, char ** argv) {
         pager_stats_init(&after);
         pager_get_stats(layerpager_ggml_pager(pager), &after);
         const uint64_t model_bytes = layerpager_ggml_model_bytes(pager);
-        const uint64_t bound = model_bytes > budget && budget > 0 ? model_bytes - budget : 0;
+        // What the budget leaves tensors: less the staging page O_DIRECT reads land in.
+        const uint64_t for_tensors = budget - std::min(budget, after.staging_bytes);
+        const uint64_t bound = model_bytes > for_tensors && budget > 0 ? model_bytes - for_tensors : 0;
         const double read_per_token = (double) (after.bytes_read - before.bytes_read) / measured;
         char bound_text[160] = "raw speed not measured";
         if (raw > 0) {
