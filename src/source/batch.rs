@@ -4,11 +4,12 @@
 //! A request is one range of the file scattered over several buffers (the
 //! neighbouring tensors it coalesces). An `O_DIRECT` request lands first in
 //! a slot of the staging page (`staging.rs`: one huge page) where one is
-//! free, and is copied into its buffers when it ends. The queue finishes what the kernel
-//! leaves short (`EINTR`, a partial read) with plain `preadv`, drops the
-//! page cache behind a buffered read when the source asks for it, and
-//! hands back each request's outcome by its tag. Nothing here knows
-//! tensors: the pager plans the requests and publishes what they read.
+//! free, and is copied into its buffers when it ends. The queue finishes
+//! what the kernel leaves short (`EINTR`, a partial read) with plain
+//! `preadv`, drops the page cache behind a buffered read when the source
+//! asks for it, and hands back each request's outcome by its tag. Nothing
+//! here knows tensors: the pager plans the requests and publishes what
+//! they read.
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
