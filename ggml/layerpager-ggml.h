@@ -34,15 +34,21 @@
 // it keeps a copy of each router it uses (n_embd x n_expert floats per
 // layer, 18 KiB for SmolLM2's, 1 MiB for Qwen3-30B-A3B's) outside the budget.
 // The routing is read on the host: a router computed on another device is
-// not seen (its experts are then acquired as MUL_MAT_ID names them, unhinted). A batch must fit one expert tensor's routed
-// experts in the budget beside what is in use, or decode fails with a
-// message naming the budget it needs.
+// not seen (its experts are then acquired as MUL_MAT_ID names them,
+// unhinted). A batch must fit one expert tensor's routed experts in the
+// budget beside what is in use, or decode fails with a message naming the
+// budget it needs.
 //
 // Stock llama.cpp maps the model with MAP_POPULATE, which reads the whole
 // file into the page cache once at load (transient: the kernel may drop it,
 // and the pager never reads from the mapping). The patch in
 // ggml/patches/llama-mmap-no-prefetch.patch lets LLAMA_MMAP_NO_PREFETCH=1
 // turn that off; layerpager_ggml_init sets the variable.
+//
+// llama.cpp's own tools (llama-server, llama-cli, llama-perplexity,
+// llama-bench) take the pager with --pager-budget through
+// ggml/patches/llama-tools-pager.patch, which calls this file from
+// common_init_from_params (configure llama.cpp with -DLLAMA_LAYERPAGER=ON).
 //
 // Checked against llama.cpp as vendored by llama-cpp-python 0.3.36 (ggml
 // 0c1e570). Needs ggml's internal ggml-backend-impl.h for the buffer type.
