@@ -6,7 +6,8 @@
 //! the bound, peak cgroup memory, OOM kills, refaults.
 
 use std::path::Path;
-use std::time::Instant;
+use std::process::Output;
+use std::time::{Duration, Instant};
 
 use layerpager::source::drop_page_cache;
 use layerpager::{Error, IoMode, PagerOptions};
@@ -111,6 +112,25 @@ pub(crate) fn child(model: &Path, name: &str, budget: u64, passes: u32) -> Resul
     Ok(())
 }
 
+/// Runs `command` with its output captured, killing it once `limit` has
+/// passed; the output, and whether it was stopped.
+fn run_within(mut command: std::process::Command, limit: Duration) -> std::io::Result<(Output, bool)> {
+    use std::process::Stdio;
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let started = Instant::now();
+    let mut stopped = false;
+    // The child writes a line a pass: its pipes never fill while it runs.
+    while child.try_wait()?.is_none() {
+        if started.elapsed() >= limit {
+            let _ = child.kill();
+            stopped = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok((child.wait_with_output()?, stopped))
+}
+
 /// What one contender did under the limit.
 struct Outcome {
     name: &'static str,
@@ -137,6 +157,11 @@ pub(crate) fn run(model: &Path, budget: u64, limit: u64, passes: u32) -> Result<
     // The physical bound's speed, measured in the same run, outside the
     // cgroups: the file's raw O_DIRECT speed at the best queue depth.
     let raw = layerpager::source::raw_direct_speed(model)?;
+    // A contender that thrashes inside the limit can take many minutes a
+    // pass: it is stopped after 30 s plus ten times the raw read of its
+    // passes, and reported as stopped.
+    let raw_pass = model_bytes as f64 / raw.bytes_per_second.max(1.0);
+    let time_limit = Duration::from_secs_f64(30.0 + 10.0 * raw_pass * (passes + 1) as f64);
     let mut outcomes: Vec<Outcome> = Vec::new();
     // Two rounds, contenders interleaved, the faster round of each kept:
     // a shared disk's speed drifts, and drift should not pick the winner.
@@ -146,21 +171,18 @@ pub(crate) fn run(model: &Path, budget: u64, limit: u64, passes: u32) -> Result<
         let refaults = file_refaults();
         let budget_arg = budget.to_string();
         let passes_arg = passes.to_string();
-        let out = cgroup
-            .run(
-                &exe,
-                &[
-                    "bench",
-                    &model.display().to_string(),
-                    "--budget",
-                    &budget_arg,
-                    "--passes",
-                    &passes_arg,
-                    "--contender",
-                    name,
-                ],
-                &[],
-            )
+        let model_arg = model.display().to_string();
+        let args = [
+            "bench",
+            &model_arg,
+            "--budget",
+            &budget_arg,
+            "--passes",
+            &passes_arg,
+            "--contender",
+            name,
+        ];
+        let (out, stopped) = run_within(cgroup.command(&exe, &args, &[]), time_limit)
             .map_err(|e| Error::from_io("start of a contender", &e))?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let parsed: Vec<(f64, u64)> = stdout
@@ -185,7 +207,14 @@ pub(crate) fn run(model: &Path, budget: u64, limit: u64, passes: u32) -> Result<
             failure: (!out.status.success()).then(|| {
                 use std::os::unix::process::ExitStatusExt;
                 match (out.status.signal(), stderr.lines().last()) {
-                    (Some(libc::SIGKILL), _) => "killed (SIGKILL: the OOM killer)".to_owned(),
+                    _ if stopped => format!(
+                        "stopped after {} s: no finish in sight (thrashing inside the limit)",
+                        time_limit.as_secs()
+                    ),
+                    (Some(libc::SIGKILL), _) if cgroup.oom_kills() > 0 => {
+                        "killed (SIGKILL: the OOM killer)".to_owned()
+                    }
+                    (Some(libc::SIGKILL), _) => "killed (SIGKILL, not by the OOM killer)".to_owned(),
                     (_, Some(line)) => line.to_owned(),
                     (_, None) => out.status.to_string(),
                 }
