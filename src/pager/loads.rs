@@ -303,10 +303,17 @@ impl Inner {
     /// Reserves the budget of a miss of `id` (a tensor of the file or a
     /// placed slice, never a mapped one) and the memory its read lands in.
     /// The landing must go to [`Inner::finish_read`], read or not.
+    /// Where a read of `info` lands in the file: from its start rounded
+    /// down to the `O_DIRECT` block, for the length of its buffer.
+    pub(super) fn landing_range(&self, info: &TensorInfo) -> (u64, usize) {
+        let block = self.source.direct_alignment().unwrap_or(1) as u64;
+        let len = source::buffer_len_for(self.source.as_ref(), info.offset, info.size);
+        (info.offset - info.offset % block, len)
+    }
+
     pub(super) fn prepare_read(&self, id: u32, info: &TensorInfo, intent: Intent) -> Result<Landing> {
         let block = self.source.direct_alignment().unwrap_or(1);
-        let len = source::buffer_len_for(self.source.as_ref(), info.offset, info.size);
-        let file_start = info.offset - info.offset % block as u64;
+        let (file_start, len) = self.landing_range(info);
         let head = (info.offset - file_start) as usize;
         if let Some((Placement::Window(window), offset)) = self.placement_of(id) {
             self.reserve(id, window.charge_for(offset, info.size), intent, false)?;

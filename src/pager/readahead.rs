@@ -173,9 +173,8 @@ impl Inner {
         // room in the queue is not claimed: claiming makes room for it in
         // the budget (evictions), which giving it back unread would waste.
         let info = self.info_unchecked(id);
-        let block = self.source.direct_alignment().unwrap_or(1) as u64;
-        let len = crate::source::buffer_len_for(self.source.as_ref(), info.offset, info.size);
-        if info.size > 0 && !flights.would_take(info.offset - info.offset % block, len, queue) {
+        let (landing_start, landing_len) = self.landing_range(info);
+        if info.size > 0 && !flights.would_take(landing_start, landing_len, queue) {
             return false;
         }
         if !self.claim(id, w, intent) {

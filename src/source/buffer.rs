@@ -50,7 +50,8 @@ impl Allocator {
 /// several reads in flight). A page: the smallest an O_DIRECT buffer is.
 const MAP_THRESHOLD: usize = PAGE;
 const PAGE: usize = 4096;
-const HUGE_PAGE: usize = 2 << 20;
+/// A transparent huge page (x86-64).
+pub(super) const HUGE_PAGE: usize = 2 << 20;
 
 #[derive(Debug)]
 enum Origin {

@@ -21,6 +21,8 @@
 use std::ptr::NonNull;
 use std::sync::Mutex;
 
+use super::buffer::HUGE_PAGE;
+
 /// Bytes of one slot: the largest request that is staged.
 pub(crate) const SLOT_BYTES: usize = 1 << 20;
 
@@ -28,7 +30,6 @@ pub(crate) const SLOT_BYTES: usize = 1 << 20;
 /// reads use it.
 pub(crate) const STAGING_BYTES: u64 = HUGE_PAGE as u64;
 
-const HUGE_PAGE: usize = 2 << 20;
 const SLOTS: usize = HUGE_PAGE / SLOT_BYTES;
 
 /// Environment variable that turns staging off (`LAYERPAGER_STAGING=off`):
