@@ -10,7 +10,7 @@ use crate::source::{
 };
 
 /// The most bytes one request reads: an O_DIRECT request as large as a
-/// slot of the staging page (1 MiB, which lands in one huge page and runs
+/// slot of the staging page (680 KiB, which lands in one huge page and runs
 /// near the disk's speed), and a demand waiting for the first tensor of a
 /// request waits for all of it. A buffered request copies from the page
 /// cache (or reads a chunk at a time, dropping behind): 1 MiB.
