@@ -9,9 +9,9 @@ use crate::source::{
     BatchTarget, Completion, ReadQueue, Request, MAX_HOLE, MAX_IOVECS, STAGED_REQUEST_BYTES,
 };
 
-/// The most bytes one request reads: an O_DIRECT request as large as a
-/// slot of the staging page (680 KiB, which lands in one huge page and runs
-/// near the disk's speed), and a demand waiting for the first tensor of a
+/// The most bytes one request reads: an O_DIRECT request as large as the
+/// largest slot of the staging page (1 MiB, which lands in one huge page
+/// and runs near the disk's speed), and a demand waiting for the first tensor of a
 /// request waits for all of it. A buffered request copies from the page
 /// cache (or reads a chunk at a time, dropping behind): 1 MiB.
 const MAX_DIRECT_REQUEST_BYTES: u64 = STAGED_REQUEST_BYTES as u64;
@@ -85,10 +85,17 @@ impl Flights {
 
     /// Whether a load claimed next, landing at `landing_start` for
     /// `landing_len` bytes, would be read now: it joins the request being
-    /// built, or the queue has room for a new request beside that one.
+    /// built, or the queue has room for a new request beside that one
+    /// (staged, the staging page holds them both).
     pub(super) fn would_take(&self, landing_start: u64, landing_len: usize, queue: &ReadQueue) -> bool {
-        self.joins(landing_start, landing_len)
-            || queue.in_flight() + usize::from(self.building.is_some()) < queue.depth(&self.target)
+        let Some(p) = &self.building else {
+            return queue.has_room_for(&self.target, &[landing_len]);
+        };
+        if self.joins(landing_start, landing_len) {
+            let grown = (landing_start + landing_len as u64).max(p.end) - p.start;
+            return queue.has_room_for(&self.target, &[grown as usize]);
+        }
+        queue.has_room_for(&self.target, &[(p.end - p.start) as usize, landing_len])
     }
 
     /// Whether the queue takes another request of ours now.

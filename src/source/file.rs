@@ -460,12 +460,12 @@ pub fn raw_direct_speed(path: &std::path::Path) -> Result<RawSpeed> {
 /// An `O_DIRECT` read of `buf` (aligned) through a slot of the staging
 /// page, a slot at a time, where one is free; else straight into `buf`.
 fn pread_staged(direct: &File, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
-    let Some(mut slot) = super::staging::take() else {
+    let Some(mut slot) = super::staging::take(buf.len().min(super::staging::MAX_STAGED_BYTES)) else {
         return pread_full(direct, offset, buf);
     };
     let mut done = 0usize;
     while done < buf.len() {
-        let len = (buf.len() - done).min(super::staging::SLOT_BYTES);
+        let len = (buf.len() - done).min(slot.len());
         let n = pread_full(direct, offset + done as u64, slot.bytes_mut(len))?;
         buf[done..done + n].copy_from_slice(slot.bytes(n));
         done += n;

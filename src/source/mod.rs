@@ -26,7 +26,7 @@ pub use file::{drop_page_cache, raw_direct_speed, raw_pread_sweep, FileSource, R
 pub use memory::MemorySource;
 pub use mmap::MmapSource;
 pub use staging::STAGING_ENV;
-pub(crate) use staging::{SLOT_BYTES as STAGED_REQUEST_BYTES, STAGING_BYTES};
+pub(crate) use staging::{MAX_STAGED_BYTES as STAGED_REQUEST_BYTES, STAGING_BYTES};
 
 use crate::error::{Error, Result};
 

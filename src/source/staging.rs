@@ -1,6 +1,6 @@
 //! Staging memory for `O_DIRECT` reads: one transparent huge page for the
-//! whole process, cut into slots that a read lands in before it is copied
-//! into the tensors' own buffers.
+//! whole process, from which each read takes a range (a slot) to land in
+//! before it is copied into the tensors' own buffers.
 //!
 //! Why: on a virtual disk (virtio) an `O_DIRECT` read into 4 KiB pages is
 //! one segment per page, and the host serves it at a third of the speed of
@@ -17,25 +17,26 @@
 //! huge pages are off, or none is free, reads go straight into the
 //! tensors' buffers as before and nothing is charged.
 //! `LAYERPAGER_STAGING=off` turns it off.
+//!
+//! A slot is as long as its read (in whole 4 KiB blocks, at most
+//! [`MAX_STAGED_BYTES`]), so that the page holds three reads of half a MiB
+//! (two stay in flight while a reader copies the third out) or two of
+//! nearly a MiB (a Q8_0 feed-forward matrix of a small model).
 
 use std::ptr::NonNull;
 use std::sync::Mutex;
 
 use super::buffer::HUGE_PAGE;
 
-/// Bytes of one slot: the largest request that is staged. A third of the
-/// page (680 KiB, whole 4 KiB blocks, larger than a 7B model's attention
-/// matrices), so that two reads stay in flight while a reader copies the
-/// third out: with two slots of 1 MiB the disk had one read at a time
-/// while the copy ran, and llama.cpp at half of SmolLM2 in its memory
-/// cgroup ran 31-41 tokens/s against 38-42 with three (alternating runs).
-pub(crate) const SLOT_BYTES: usize = 170 * 4096;
+/// The largest read that is staged: half the page.
+pub(crate) const MAX_STAGED_BYTES: usize = HUGE_PAGE / 2;
 
 /// Bytes of the staging page, charged to the budget of each pager whose
 /// reads use it.
 pub(crate) const STAGING_BYTES: u64 = HUGE_PAGE as u64;
 
-const SLOTS: usize = HUGE_PAGE / SLOT_BYTES;
+/// Slots are whole blocks of this size (the `O_DIRECT` alignment).
+const BLOCK: usize = 4096;
 
 /// Environment variable that turns staging off (`LAYERPAGER_STAGING=off`):
 /// `O_DIRECT` reads then land in the tensors' buffers themselves.
@@ -46,7 +47,8 @@ pub const STAGING_ENV: &str = "LAYERPAGER_STAGING";
 struct Pool {
     page: Option<NonNull<u8>>,
     leases: usize,
-    free: Vec<usize>,
+    /// Free ranges of the page, `(offset, len)`, by offset, never adjacent.
+    free: Vec<(usize, usize)>,
 }
 
 // SAFETY: the page is only reached through slots, each handed to one
@@ -75,11 +77,12 @@ impl Drop for Lease {
     }
 }
 
-/// One slot of the staging page, [`SLOT_BYTES`] long, aligned to 4 KiB; goes
-/// back to the pool when dropped.
+/// One slot of the staging page: a range of whole 4 KiB blocks, aligned to
+/// one; goes back to the pool when dropped.
 pub(crate) struct Slot {
     pool: &'static Mutex<Pool>,
-    index: usize,
+    offset: usize,
+    len: usize,
     ptr: NonNull<u8>,
 }
 
@@ -87,22 +90,27 @@ pub(crate) struct Slot {
 unsafe impl Send for Slot {}
 
 impl Slot {
-    /// Start of the slot's [`SLOT_BYTES`] bytes.
+    /// The slot's length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Start of the slot's bytes.
     pub(crate) fn ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }
 
-    /// The slot's first `len` bytes (at most [`SLOT_BYTES`]).
+    /// The slot's first `len` bytes (at most its length).
     pub(crate) fn bytes(&self, len: usize) -> &[u8] {
-        assert!(len <= SLOT_BYTES);
-        // SAFETY: the slot is SLOT_BYTES of the mapped staging page (a slot
-        // out keeps it mapped), held by this slot alone.
+        assert!(len <= self.len);
+        // SAFETY: the slot is `self.len` bytes of the mapped staging page
+        // (a slot out keeps it mapped), held by this slot alone.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), len) }
     }
 
     /// The slot's first `len` bytes, for reading into.
     pub(crate) fn bytes_mut(&mut self, len: usize) -> &mut [u8] {
-        assert!(len <= SLOT_BYTES);
+        assert!(len <= self.len);
         // SAFETY: as `bytes`, borrowed exclusively through &mut self.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), len) }
     }
@@ -111,7 +119,7 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut p = lock(self.pool);
-        p.free.push(self.index);
+        p.give_back(self.offset, self.len);
         p.unmap_if_unused();
     }
 }
@@ -129,34 +137,64 @@ pub(crate) fn attach() -> Option<Lease> {
     attach_to(&POOL)
 }
 
-/// A free slot of the staging page, for a source that holds a lease;
-/// `None` when every slot is taken.
-pub(crate) fn take() -> Option<Slot> {
-    take_from(&POOL)
+/// A slot of `len` bytes (at most [`MAX_STAGED_BYTES`]) of the staging
+/// page, for a source that holds a lease; `None` when no free range holds
+/// it.
+pub(crate) fn take(len: usize) -> Option<Slot> {
+    take_from(&POOL, len)
 }
 
-/// How many requests may be staged at once.
-pub(crate) const fn slots() -> usize {
-    SLOTS
+/// Whether slots of each of `lens` bytes, taken one after another, would
+/// all be had now.
+pub(crate) fn would_hold(lens: &[usize]) -> bool {
+    let p = lock(&POOL);
+    if p.page.is_none() {
+        return false;
+    }
+    let mut free = p.free.clone();
+    lens.iter().all(|&len| first_fit(&mut free, len).is_some())
 }
 
 fn attach_to(pool: &'static Mutex<Pool>) -> Option<Lease> {
     let mut p = lock(pool);
     if p.page.is_none() {
         p.page = Some(map_huge_page()?);
-        p.free = (0..SLOTS).collect();
+        p.free = vec![(0, HUGE_PAGE)];
     }
     p.leases += 1;
     Some(Lease { pool })
 }
 
-fn take_from(pool: &'static Mutex<Pool>) -> Option<Slot> {
+fn take_from(pool: &'static Mutex<Pool>, len: usize) -> Option<Slot> {
+    if len > MAX_STAGED_BYTES {
+        return None;
+    }
     let mut p = lock(pool);
     let page = p.page?;
-    let index = p.free.pop()?;
-    // SAFETY: index < SLOTS: inside the staging page.
-    let ptr = unsafe { NonNull::new_unchecked(page.as_ptr().add(index * SLOT_BYTES)) };
-    Some(Slot { pool, index, ptr })
+    let len = len.max(1).next_multiple_of(BLOCK);
+    let offset = first_fit(&mut p.free, len)?;
+    // SAFETY: offset + len lies in a free range of the staging page.
+    let ptr = unsafe { NonNull::new_unchecked(page.as_ptr().add(offset)) };
+    Some(Slot {
+        pool,
+        offset,
+        len,
+        ptr,
+    })
+}
+
+/// Takes `len` bytes (rounded up to whole blocks) from the first free range
+/// of `free` that holds them; returns their offset.
+fn first_fit(free: &mut Vec<(usize, usize)>, len: usize) -> Option<usize> {
+    let len = len.max(1).next_multiple_of(BLOCK);
+    let i = free.iter().position(|&(_, l)| l >= len)?;
+    let (offset, l) = free[i];
+    if l == len {
+        free.remove(i);
+    } else {
+        free[i] = (offset + len, l - len);
+    }
+    Some(offset)
 }
 
 impl Pool {
@@ -168,8 +206,22 @@ impl Pool {
         }
     }
 
+    /// Returns a range to the free list, merged with its neighbours.
+    fn give_back(&mut self, offset: usize, len: usize) {
+        let i = self.free.partition_point(|&(o, _)| o < offset);
+        self.free.insert(i, (offset, len));
+        if i + 1 < self.free.len() && offset + len == self.free[i + 1].0 {
+            self.free[i].1 += self.free[i + 1].1;
+            self.free.remove(i + 1);
+        }
+        if i > 0 && self.free[i - 1].0 + self.free[i - 1].1 == offset {
+            self.free[i - 1].1 += self.free[i].1;
+            self.free.remove(i);
+        }
+    }
+
     fn unmap_if_unused(&mut self) {
-        if self.leases > 0 || self.free.len() < SLOTS {
+        if self.leases > 0 || self.free != [(0, HUGE_PAGE)] {
             return;
         }
         if let Some(page) = self.page.take() {
@@ -255,27 +307,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn slots_are_distinct_aligned_come_back_and_the_page_goes_with_the_last_user() {
+    fn slots_are_as_long_as_their_reads_come_back_merged_and_the_page_goes_with_the_last_user() {
         // A pool of its own: the process's is shared with the other tests.
         let pool: &'static Mutex<Pool> = Box::leak(Box::new(Mutex::new(Pool::new())));
-        assert!(take_from(pool).is_none(), "no slot without a lease");
+        assert!(take_from(pool, 4096).is_none(), "no slot without a lease");
         let Some(lease) = attach_to(pool) else {
             // No transparent huge page here: nothing is staged, nothing to check.
             eprintln!("no transparent huge page: staging is off here");
             return;
         };
-        let a = take_from(pool).expect("a slot");
-        let mut b = take_from(pool).expect("two slots");
-        let c = take_from(pool).expect("three slots");
-        assert!(a.ptr() != b.ptr() && b.ptr() != c.ptr() && a.ptr() != c.ptr());
-        for s in [&a, &b, &c] {
-            assert_eq!(s.ptr() as usize % 4096, 0, "O_DIRECT needs block-aligned slots");
+        assert!(
+            take_from(pool, MAX_STAGED_BYTES + 1).is_none(),
+            "larger than a staged read"
+        );
+        // Three reads of a Q4_1 feed-forward matrix of SmolLM2 (540 KiB).
+        let three: Vec<Slot> = (0..3)
+            .map(|_| take_from(pool, 552_960).expect("three slots"))
+            .collect();
+        for s in &three {
+            assert_eq!(s.ptr() as usize % BLOCK, 0, "O_DIRECT needs block-aligned slots");
+            assert_eq!(s.len, 552_960usize.next_multiple_of(BLOCK));
         }
-        assert!(take_from(pool).is_none(), "three slots in all");
+        assert!(three[0].ptr() < three[1].ptr() && three[1].ptr() < three[2].ptr());
+        assert!(take_from(pool, 552_960).is_none(), "no fourth");
+        drop(three);
+        assert_eq!(lock(pool).free, vec![(0, HUGE_PAGE)], "ranges merge back");
+        // Two of a Q8_0 one (940 KiB), with their bytes their own.
+        let mut a = take_from(pool, 940_032).expect("a slot");
+        let mut b = take_from(pool, 940_032).expect("two slots");
+        assert!(take_from(pool, 552_960).is_none(), "no third");
+        a.bytes_mut(940_032).fill(1);
+        b.bytes_mut(940_032).fill(2);
+        assert!(a.bytes(940_032).iter().all(|&x| x == 1));
+        assert!(b.bytes(940_032).iter().all(|&x| x == 2));
         drop(a);
-        drop(c);
-        b.bytes_mut(SLOT_BYTES).fill(7);
-        assert!(b.bytes(SLOT_BYTES).iter().all(|&x| x == 7));
         drop(lease);
         assert!(lock(pool).page.is_some(), "a slot out keeps the page");
         drop(b);
