@@ -12,7 +12,9 @@
 # max(compute, bytes read / the file's raw O_DIRECT speed), the compute
 # being the unpaged run's time per token. Under a memory limit of llama.cpp's
 # own needs + half the weights, the same on the model requantized to Q8_0
-# (scripts/requantize.py, cached).
+# (scripts/requantize.py) and to Q4_K_M (llama.cpp's llama-quantize, from
+# scripts/llama-tools.sh: K-quants and the fallbacks llama.cpp picks where
+# a row of 576 is no multiple of 256), both cached.
 #
 # usage: scripts/llama-check.sh [TOKENS]
 # env: LAYERPAGER_CACHE (default ~/.cache/layerpager), LLAMA_PAGED_MODEL (another GGUF)
@@ -61,12 +63,17 @@ rss_mib=$(grep -o 'peak RSS [0-9.]* MiB' "$work/unpaged.out" | tr -dc '0-9.')
 limit=$(python3 -c "print(int(($rss_mib - $model_mib + $model_mib / 2) * 2**20))")
 # shellcheck source=scripts/memory-cgroup.sh
 . scripts/memory-cgroup.sh
-# The Q8_0 file: the same model, requantized once into the cache.
+# The Q8_0 and Q4_K_M files: the same model, requantized once into the cache.
 q8=${model%.gguf}.requantized-Q8_0.gguf
 if [ ! -s "$q8" ]; then
   py=${LAYERPAGER_PYTHON:-.venv/bin/python3}
   [ -x "$py" ] || py=python3
   "$py" scripts/requantize.py "$model" "$q8.tmp" >/dev/null && mv "$q8.tmp" "$q8"
+fi
+q4km=${model%.gguf}.requantized-Q4_K_M.gguf
+if [ ! -s "$q4km" ]; then
+  tools=$(scripts/llama-tools.sh)
+  "$tools/llama-quantize" --allow-requantize "$model" "$q4km.tmp" Q4_K_M >/dev/null 2>&1 && mv "$q4km.tmp" "$q4km"
 fi
 if cg=$(make_memory_cgroup llama-check "$limit"); then
   limited() { # name model args...
@@ -82,19 +89,25 @@ if cg=$(make_memory_cgroup llama-check "$limit"); then
   speedup=$(python3 -c "print(f'{$(tokens_per_s "$work/limited-paged-50%.out") / $(tokens_per_s "$work/limited-unpaged.out"):.2f}')")
   of_bound() { grep -o '[0-9.]*x the bound' "$1" | cut -dx -f1; }
   echo "under the limit, layerpager runs ${speedup}x the tokens/s of llama.cpp alone, $(of_bound "$work/limited-paged-50%.out")x the physical bound"
-  # The Q8_0 file under its own limit: llama.cpp's own needs + half the file.
-  run_model=$q8 run q8-unpaged --no-pager
-  q8_mib=$(python3 -c "import os; print(os.path.getsize('$q8') / 2**20)")
-  q8_compute=$(python3 -c "print(round(1000 / $(tokens_per_s "$work/q8-unpaged.out"), 3))")
-  q8_limit=$(python3 -c "print(int(($rss_mib - $model_mib + $q8_mib / 2) * 2**20))")
-  cg=$(make_memory_cgroup llama-check-q8 "$q8_limit") || { echo "no second memory cgroup"; exit 1; }
-  echo "the Q8_0 file in a memory cgroup of $((q8_limit >> 20)) MiB (llama.cpp's own + half the file):"
-  limited q8-limited-unpaged "$q8" --no-pager
-  limited q8-limited-paged-50% "$q8" --budget 50% --compute-ms "$q8_compute"
-  rmdir "$cg"
-  cmp -s "$work/q8-unpaged.ids" "$work/q8-limited-paged-50%.ids" || { echo "MISMATCH on the Q8_0 file under the memory limit"; exit 1; }
-  q8_speedup=$(python3 -c "print(f'{$(tokens_per_s "$work/q8-limited-paged-50%.out") / $(tokens_per_s "$work/q8-limited-unpaged.out"):.2f}')")
-  echo "the Q8_0 file under its limit: ${q8_speedup}x llama.cpp alone, $(of_bound "$work/q8-limited-paged-50%.out")x the physical bound"
+  # Another file of the model under its own limit: llama.cpp's own needs +
+  # half the file.
+  another_file() { # label file
+    local label=$1 file=$2 mib compute limit2 speedup
+    run_model=$file run "$label-unpaged" --no-pager
+    mib=$(python3 -c "import os; print(os.path.getsize('$file') / 2**20)")
+    compute=$(python3 -c "print(round(1000 / $(tokens_per_s "$work/$label-unpaged.out"), 3))")
+    limit2=$(python3 -c "print(int(($rss_mib - $model_mib + $mib / 2) * 2**20))")
+    cg=$(make_memory_cgroup "llama-check-$label" "$limit2") || { echo "no second memory cgroup"; exit 1; }
+    echo "the $label file in a memory cgroup of $((limit2 >> 20)) MiB (llama.cpp's own + half the file):"
+    limited "$label-limited-unpaged" "$file" --no-pager
+    limited "$label-limited-paged-50%" "$file" --budget 50% --compute-ms "$compute"
+    rmdir "$cg"
+    cmp -s "$work/$label-unpaged.ids" "$work/$label-limited-paged-50%.ids" || { echo "MISMATCH on the $label file under the memory limit"; exit 1; }
+    speedup=$(python3 -c "print(f'{$(tokens_per_s "$work/$label-limited-paged-50%.out") / $(tokens_per_s "$work/$label-limited-unpaged.out"):.2f}')")
+    echo "the $label file under its limit: ${speedup}x llama.cpp alone, $(of_bound "$work/$label-limited-paged-50%.out")x the physical bound"
+  }
+  another_file Q8_0 "$q8"
+  another_file Q4_K_M "$q4km"
 else
   echo "no memory cgroup can be made here (not root, or no cgroup v1 memory controller): the comparison under a memory limit is skipped"
 fi

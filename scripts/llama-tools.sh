@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds llama.cpp's own tools (llama-server, llama-cli, llama-perplexity,
-# llama-bench) with the --pager-* options: installs layerpager into a
+# llama-bench) with the --pager-* options, and llama-quantize (which
+# scripts/llama-check.sh makes its Q4_K_M file with): installs layerpager into a
 # prefix in the cache (CMake package, static library, the ggml glue), then
 # turns the tools on with -DLLAMA_LAYERPAGER=ON in the cached build directory
 # of scripts/llama-cpp.sh (ggml/patches/llama-tools-pager.patch applied
@@ -47,6 +48,6 @@ if ! grep -q '^LLAMA_LAYERPAGER:BOOL=ON' "$build/CMakeCache.txt"; then
     -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
     -DLLAMA_LAYERPAGER=ON -DLAYERPAGER_STATIC=ON -DCMAKE_PREFIX_PATH="$prefix" >&2
 fi
-log "building llama-server, llama-cli, llama-perplexity, llama-bench (the first build takes many minutes on 2 cores)"
-cmake --build "$build" --target llama-server llama-cli llama-perplexity llama-bench -j "$(nproc)" >&2
+log "building llama-server, llama-cli, llama-perplexity, llama-bench, llama-quantize (the first build takes many minutes on 2 cores)"
+cmake --build "$build" --target llama-server llama-cli llama-perplexity llama-bench llama-quantize -j "$(nproc)" >&2
 echo "$build/bin"
