@@ -566,3 +566,67 @@ fn readers_auto_scales_with_the_cores_only_where_reads_copy_from_the_page_cache(
     };
     assert!(Pager::open_table(&path, &table, options).is_err());
 }
+
+/// Pages of the file at `path` that are in the page cache now.
+fn cached_pages(path: &std::path::Path) -> usize {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).unwrap();
+    let len = file.metadata().unwrap().len() as usize;
+    // SAFETY: a read-only shared mapping of a file this test owns, unmapped
+    // below; mincore only reports on it.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        let mut v = vec![0u8; len.div_ceil(4096)];
+        assert_eq!(libc::mincore(p, len, v.as_mut_ptr()), 0);
+        libc::munmap(p, len);
+        v.iter().filter(|&&b| b & 1 == 1).count()
+    }
+}
+
+#[test]
+fn reads_that_drop_behind_leave_none_of_the_file_in_the_page_cache() {
+    // Tensors of 10,000 bytes: each starts and ends inside a page that it
+    // shares with a neighbour (a model of small tensors left those pages
+    // behind, more than a memory limit's few MiB beside the budget).
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("data.bin");
+    let (n, size) = (200usize, 10_000u64);
+    let file = std::fs::File::create(&path).unwrap();
+    std::io::Write::write_all(&mut &file, &vec![7u8; n * size as usize]).unwrap();
+    file.sync_all().unwrap();
+    let table = even_table(n, size);
+    for readers in [0, 1, 2] {
+        layerpager::source::drop_page_cache(&path).unwrap();
+        let options = PagerOptions {
+            budget_bytes: n as u64 * size / 4,
+            prefetch_threads: readers,
+            io_mode: layerpager::source::IoMode::Pread,
+            ..Default::default()
+        };
+        let pager = Pager::open_table(&path, &table, options).unwrap();
+        assert!(
+            pager.describe().contains("dropped behind"),
+            "{}",
+            pager.describe()
+        );
+        for _ in 0..3 {
+            for id in 0..n as u32 {
+                drop(pager.acquire(id).unwrap());
+            }
+        }
+        drop(pager);
+        let cached = cached_pages(&path);
+        assert_eq!(
+            cached, 0,
+            "{cached} pages of the file left in the page cache ({readers} readers)"
+        );
+    }
+}

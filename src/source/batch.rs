@@ -41,6 +41,9 @@ pub(crate) const STAGED_DEPTH: usize = 3;
 /// that at most one chunk sits in the page cache at a time.
 const DROP_BEHIND_CHUNK: usize = 1 << 20;
 
+/// The page cache's page: what dropping behind rounds its ranges out to.
+const CACHE_PAGE: u64 = 4096;
+
 /// The widest hole between two neighbours one request reads through (into
 /// the queue's hole memory): GGUF pads tensors to 32 bytes, and reading a
 /// few KiB costs less than a second round trip.
@@ -388,13 +391,22 @@ pub(super) fn read_rest(target: BatchTarget, request: &Request, mut done: usize)
             break;
         }
         if target.drop_behind {
+            // Whole pages: the kernel drops only the pages a range covers
+            // wholly, and the partial ones at each end of every tensor's read
+            // would stay (on a model of small tensors, more than the few MiB a
+            // memory limit leaves beside the budget). A neighbour read at the
+            // same time loses nothing: it has its bytes or reads them again.
+            let (from, to) = (
+                at & !(CACHE_PAGE - 1),
+                (at + n as u64).next_multiple_of(CACHE_PAGE),
+            );
             // SAFETY: a valid descriptor; advice only, a failure changes
             // nothing we rely on.
             let _ = unsafe {
                 libc::posix_fadvise(
                     target.fd,
-                    at as libc::off_t,
-                    n as libc::off_t,
+                    from as libc::off_t,
+                    (to - from) as libc::off_t,
                     libc::POSIX_FADV_DONTNEED,
                 )
             };
