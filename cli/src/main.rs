@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use layerpager::Error;
 use layerpager_tools::moe::{MoeShape, Routing};
+use layerpager_tools::synth::LlamaShape;
 
 use cmd::bench::{bench, BenchArgs};
 use cmd::demo::demo;
@@ -81,6 +82,14 @@ enum Command {
         /// Number of blocks (9 is about 300 MB, 48 about 1.45 GB).
         #[arg(long, default_value_t = 9)]
         layers: u32,
+        /// Model width (attention matrices are dim x dim Q4_K: 2048 makes
+        /// 2.4 MB ones; 768 with --ff 2048 makes every matrix 64 KiB to 1
+        /// MiB, the size of an MoE model's expert slices).
+        #[arg(long, default_value_t = LlamaShape::DEMO.dim)]
+        dim: u64,
+        /// Feed-forward width (a multiple of 256, as Q4_K rows are).
+        #[arg(long, default_value_t = LlamaShape::DEMO.ff)]
+        ff: u64,
     },
     /// Show a GGUF or safetensors model's metadata and tensors.
     Inspect {
@@ -162,7 +171,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Demo { dir: None }) {
         Command::Demo { dir } => demo(dir),
         Command::Inspect { model, json } => inspect(&model, json),
-        Command::Synth { out, layers } => synth(&out, layers),
+        Command::Synth { out, layers, dim, ff } => synth(&out, layers, dim, ff),
         Command::Plan {
             model,
             budgets,

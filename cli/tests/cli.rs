@@ -129,6 +129,23 @@ fn synth_writes_a_model_that_inspect_reads() {
     let (ok, out, _) = layerpager(&["inspect", path.to_str().unwrap()]);
     assert!(ok);
     assert!(out.contains("blk.0.ffn_down.weight"), "{out}");
+    // Expert-sized matrices: 768 x 768 and 768 x 2048 Q4_K.
+    let (ok, _, err) = layerpager(&[
+        "synth",
+        path.to_str().unwrap(),
+        "--layers",
+        "1",
+        "--dim",
+        "768",
+        "--ff",
+        "2048",
+    ]);
+    assert!(ok, "{err}");
+    let (_, out, _) = layerpager(&["inspect", path.to_str().unwrap()]);
+    assert!(out.contains("768x2048") && out.contains("331776"), "{out}");
+    // A width Q4_K rows cannot have.
+    let (ok, _, err) = layerpager(&["synth", path.to_str().unwrap(), "--dim", "700"]);
+    assert!(!ok && err.contains("multiples of 256"), "{err}");
 }
 
 #[test]

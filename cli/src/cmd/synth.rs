@@ -7,9 +7,16 @@ use layerpager_tools::synth::{write_gguf, LlamaShape};
 
 use crate::format::{bar, human};
 
-pub(crate) fn synth(out: &Path, layers: u32) -> Result<(), Error> {
+pub(crate) fn synth(out: &Path, layers: u32, dim: u64, ff: u64) -> Result<(), Error> {
+    if dim == 0 || ff == 0 || dim % 256 != 0 || ff % 256 != 0 {
+        return Err(Error::InvalidArgument(format!(
+            "--dim {dim} and --ff {ff} must be positive multiples of 256 (the length of a Q4_K block)"
+        )));
+    }
     let shape = LlamaShape {
         layers,
+        dim,
+        ff,
         ..LlamaShape::DEMO
     };
     let tensors = shape.tensors();
