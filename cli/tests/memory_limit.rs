@@ -1,6 +1,7 @@
 //! The budget holds inside a real kernel memory limit: `layerpager bench`
 //! runs in a memory cgroup (v1, as root) whose limit is the budget + 8 MiB,
-//! in the default io mode, without being OOM-killed. Skipped, saying why,
+//! in the default io mode (and reading through the page cache on a model of
+//! thousands of small tensors), without being OOM-killed. Skipped, saying why,
 //! where no memory cgroup can be made (not root, cgroup v2 without a memory
 //! controller, a read-only /sys).
 
@@ -15,9 +16,15 @@ const EXE: &str = env!("CARGO_BIN_EXE_layerpager");
 
 /// A synthetic llama-shaped model of `layers` blocks in `dir`.
 fn synth(dir: &Path, layers: u32) -> PathBuf {
+    synth_with(dir, layers, &[])
+}
+
+/// The same, with more `layerpager synth` options.
+fn synth_with(dir: &Path, layers: u32, options: &[&str]) -> PathBuf {
     let model = dir.join("m.gguf");
     let out = Command::new(EXE)
         .args(["synth", model.to_str().unwrap(), "--layers", &layers.to_string()])
+        .args(options)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -27,20 +34,26 @@ fn synth(dir: &Path, layers: u32) -> PathBuf {
 /// `layerpager bench MODEL --budget BUDGET --passes 2` inside `cgroup`;
 /// whether it succeeded, stdout and stderr.
 fn bench_in(cgroup: &MemoryCgroup, model: &Path, budget: &str) -> (bool, String, String) {
-    let out = cgroup
-        .run(
-            Path::new(EXE),
-            &[
-                "bench",
-                model.to_str().unwrap(),
-                "--budget",
-                budget,
-                "--passes",
-                "2",
-            ],
-            &[],
-        )
-        .unwrap();
+    bench_in_with(cgroup, model, budget, &[])
+}
+
+/// The same, with more `layerpager bench` options.
+fn bench_in_with(
+    cgroup: &MemoryCgroup,
+    model: &Path,
+    budget: &str,
+    options: &[&str],
+) -> (bool, String, String) {
+    let mut args = vec![
+        "bench",
+        model.to_str().unwrap(),
+        "--budget",
+        budget,
+        "--passes",
+        "2",
+    ];
+    args.extend_from_slice(options);
+    let out = cgroup.run(Path::new(EXE), &args, &[]).unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -258,10 +271,9 @@ fn follow_memory_gives_way_to_a_hog() {
     assert!(last.0 > leaving && last.1 == ceiling, "{out}");
 }
 
-#[test]
-fn bench_cgroup_limit_runs_every_contender_in_its_own_limit() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = synth(dir.path(), 9);
+/// `layerpager bench MODEL --budget 50% --passes 2 --cgroup-limit +8M`:
+/// its table, or `None` where no memory cgroup can be made.
+fn bench_every_contender(model: &Path) -> Option<String> {
     let out = Command::new(EXE)
         .args([
             "bench",
@@ -275,7 +287,7 @@ fn bench_cgroup_limit_runs_every_contender_in_its_own_limit() {
         ])
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{stdout}\n{}",
@@ -283,8 +295,28 @@ fn bench_cgroup_limit_runs_every_contender_in_its_own_limit() {
     );
     if stdout.contains("skipped, no memory cgroup") {
         eprintln!("{stdout}");
-        return;
+        return None;
     }
+    Some(stdout)
+}
+
+/// The columns of the row of `contender` in a `--cgroup-limit` table.
+fn row<'a>(table: &'a str, contender: &str) -> Vec<&'a str> {
+    table
+        .lines()
+        .find(|l| l.starts_with(contender))
+        .unwrap_or_else(|| panic!("no row {contender}: {table}"))
+        .split_whitespace()
+        .collect()
+}
+
+#[test]
+fn bench_cgroup_limit_runs_every_contender_in_its_own_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = synth(dir.path(), 9);
+    let Some(stdout) = bench_every_contender(&model) else {
+        return;
+    };
     for label in [
         "mmap, no hints",
         "mmap as llama.cpp",
@@ -297,15 +329,32 @@ fn bench_cgroup_limit_runs_every_contender_in_its_own_limit() {
     // (3%, and the room of the tensors it reads ahead: a feed-forward matrix
     // of the demo model is 4.5% of M - B here; `cli/tests/read_bound.rs`
     // holds the rule on a model of many more tensors).
-    let row = stdout
-        .lines()
-        .find(|l| l.starts_with("layerpager, default io mode"))
-        .unwrap_or_else(|| panic!("{stdout}"));
-    let cols: Vec<&str> = row.split_whitespace().collect();
+    let cols = row(&stdout, "layerpager, default io mode");
     let n = cols.len();
-    assert_eq!(cols[n - 2], "0", "OOM kills: {row}");
+    assert_eq!(cols[n - 2], "0", "OOM kills: {cols:?}");
     // Under a limit the file does not fit beside the budget: no page cache.
     assert!(stdout.contains("the default io mode chose: O_DIRECT"), "{stdout}");
     let vs_bound: f64 = cols[n - 5].trim_end_matches('x').parse().unwrap();
-    assert!(vs_bound <= 1.10, "{row}");
+    assert!(vs_bound <= 1.10, "{cols:?}");
+}
+
+#[test]
+fn reads_through_the_page_cache_hold_budget_plus_8_mib_on_a_model_of_small_tensors() {
+    // 2,883 tensors: matrices of 324 and 864 KiB, norms of 3 KiB. Reads
+    // that dropped the page cache behind left each tensor's partial end
+    // pages in it, and were OOM-killed in the first pass.
+    let dir = tempfile::tempdir().unwrap();
+    let model = synth_with(dir.path(), 320, &["--dim", "768", "--ff", "2048"]);
+    let budget = std::fs::metadata(&model).unwrap().len() / 2;
+    let Some(cgroup) = cgroup_or_skip(budget + 8 * MIB) else {
+        return;
+    };
+    let (ok, stdout, stderr) = bench_in_with(&cgroup, &model, &budget.to_string(), &["--io", "pread"]);
+    assert_eq!(
+        cgroup.oom_kills(),
+        0,
+        "OOM-killed under budget + 8 MiB:\n{stdout}\n{stderr}"
+    );
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("page cache dropped behind"), "{stdout}");
 }
