@@ -149,6 +149,26 @@ fn synth_writes_a_model_that_inspect_reads() {
 }
 
 #[test]
+fn contenders_are_checked_before_any_work() {
+    let model = fixture_dir().join("llama_q4k.gguf");
+    let m = model.to_str().unwrap();
+    for (args, needle) in [
+        (
+            vec!["--cgroup-limit", "+8M", "--contenders", "auto,fast"],
+            "no contender 'fast'",
+        ),
+        (vec!["--contenders", "auto"], "give that too"),
+    ] {
+        let mut all = vec!["bench", m];
+        all.extend(args.iter().copied());
+        let (ok, out, err) = layerpager(&all);
+        assert!(!ok, "{args:?} was accepted");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?}: work was done first:\n{out}");
+    }
+}
+
+#[test]
 fn budgets_are_checked_before_any_work() {
     let model = fixture_dir().join("llama_q4k.gguf");
     let m = model.to_str().unwrap();

@@ -53,6 +53,10 @@ pub(crate) struct BenchArgs {
     /// otherwise.
     #[arg(long, value_name = "SIZE")]
     cgroup_limit: Option<String>,
+    /// With --cgroup-limit, only these contenders (comma-separated: mmap,
+    /// mmap-llama, auto, pread, pager-mmap; default all).
+    #[arg(long, value_name = "LIST")]
+    contenders: Option<String>,
     /// One contender of --cgroup-limit, run as its child.
     #[arg(long, hide = true)]
     contender: Option<String>,
@@ -246,16 +250,23 @@ pub(crate) fn bench(a: BenchArgs) -> Result<(), Error> {
     if let Some(name) = &a.contender {
         return contend::child(&a.model, name, budgets[0], a.passes);
     }
+    let contenders = contend::chosen(a.contenders.as_deref())?;
     if let Some(limit) = &a.cgroup_limit {
         for &budget in &budgets {
             contend::run(
                 &a.model,
+                &contenders,
                 budget,
                 contend::limit_for(limit, budget, model)?,
                 a.passes,
             )?;
         }
         return Ok(());
+    }
+    if a.contenders.is_some() {
+        return Err(Error::InvalidArgument(
+            "--contenders chooses among the contenders of --cgroup-limit: give that too".to_owned(),
+        ));
     }
     let raw = raw_reference(&a.model, a.warm)?;
     print_header(model, a.passes, &raw, a.compute_gbps);

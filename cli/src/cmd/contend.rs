@@ -25,6 +25,27 @@ const CONTENDERS: [(&str, &str); 5] = [
     ("pager-mmap", "layerpager, io=mmap"),
 ];
 
+/// The contenders `--contenders` names (comma-separated), in the table's
+/// order; all of them without a list.
+pub(crate) fn chosen(list: Option<&str>) -> Result<Vec<(&'static str, &'static str)>, Error> {
+    let Some(list) = list else {
+        return Ok(CONTENDERS.to_vec());
+    };
+    let names: Vec<&str> = list.split(',').map(str::trim).collect();
+    if let Some(bad) = names.iter().find(|n| !CONTENDERS.iter().any(|(c, _)| c == *n)) {
+        let known: Vec<&str> = CONTENDERS.iter().map(|(c, _)| *c).collect();
+        return Err(Error::InvalidArgument(format!(
+            "--contenders: no contender '{bad}' (known: {})",
+            known.join(", ")
+        )));
+    }
+    Ok(CONTENDERS
+        .iter()
+        .copied()
+        .filter(|(c, _)| names.contains(c))
+        .collect())
+}
+
 /// The limit `--cgroup-limit` names for `budget`: a size, or `+SIZE` for
 /// the budget plus SIZE.
 pub(crate) fn limit_for(text: &str, budget: u64, model: u64) -> Result<u64, Error> {
@@ -145,9 +166,16 @@ struct Outcome {
     described: Option<String>,
 }
 
-/// Runs every contender at `budget` under `limit`, `passes` passes each,
-/// and prints the table. The page cache of the model is dropped before each.
-pub(crate) fn run(model: &Path, budget: u64, limit: u64, passes: u32) -> Result<(), Error> {
+/// Runs each of `contenders` (see [`chosen`]) at `budget` under `limit`,
+/// `passes` passes each, and prints the table. The page cache of the model
+/// is dropped before each.
+pub(crate) fn run(
+    model: &Path,
+    contenders: &[(&'static str, &'static str)],
+    budget: u64,
+    limit: u64,
+    passes: u32,
+) -> Result<(), Error> {
     let model_bytes = open_index(model)?.total_bytes();
     let exe = std::env::current_exe().map_err(|e| Error::from_io("the path of this program", &e))?;
     if let Err(why) = MemoryCgroup::create(limit) {
@@ -165,7 +193,7 @@ pub(crate) fn run(model: &Path, budget: u64, limit: u64, passes: u32) -> Result<
     let mut outcomes: Vec<Outcome> = Vec::new();
     // Two rounds, contenders interleaved, the faster round of each kept:
     // a shared disk's speed drifts, and drift should not pick the winner.
-    for (round, (name, label)) in CONTENDERS.iter().chain(CONTENDERS.iter()).copied().enumerate() {
+    for (round, (name, label)) in contenders.iter().chain(contenders.iter()).copied().enumerate() {
         drop_page_cache(model)?;
         let cgroup = MemoryCgroup::create(limit).map_err(Error::InvalidArgument)?;
         let refaults = file_refaults();
@@ -220,10 +248,10 @@ pub(crate) fn run(model: &Path, budget: u64, limit: u64, passes: u32) -> Result<
                 }
             }),
         };
-        if round < CONTENDERS.len() {
+        if round < contenders.len() {
             outcomes.push(outcome);
         } else {
-            outcomes[round % CONTENDERS.len()].keep_better(outcome);
+            outcomes[round % contenders.len()].keep_better(outcome);
         }
     }
     print_table(&outcomes, model_bytes, budget, limit, passes, &raw);
