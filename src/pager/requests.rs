@@ -11,8 +11,8 @@ use crate::source::{
 
 /// The most bytes one request reads: an O_DIRECT request as large as the
 /// largest slot of the staging page (1 MiB, which lands in one huge page
-/// and runs near the disk's speed), and a demand waiting for the first tensor of a
-/// request waits for all of it. A buffered request copies from the page
+/// and runs near the disk's speed), and a demand waiting for the first
+/// tensor of a request waits for all of it. A buffered request copies from the page
 /// cache (or reads a chunk at a time, dropping behind): 1 MiB.
 const MAX_DIRECT_REQUEST_BYTES: u64 = STAGED_REQUEST_BYTES as u64;
 const MAX_BUFFERED_REQUEST_BYTES: u64 = 1 << 20;

@@ -171,8 +171,8 @@ fn take_from(pool: &'static Mutex<Pool>, len: usize) -> Option<Slot> {
     }
     let mut p = lock(pool);
     let page = p.page?;
-    let len = len.max(1).next_multiple_of(BLOCK);
     let offset = first_fit(&mut p.free, len)?;
+    let len = len.max(1).next_multiple_of(BLOCK);
     // SAFETY: offset + len lies in a free range of the staging page.
     let ptr = unsafe { NonNull::new_unchecked(page.as_ptr().add(offset)) };
     Some(Slot {
