@@ -145,14 +145,17 @@ pub(crate) fn take(len: usize) -> Option<Slot> {
 }
 
 /// Whether slots of each of `lens` bytes, taken one after another, would
-/// all be had now.
+/// all be had now (a read longer than [`MAX_STAGED_BYTES`] is not staged
+/// and needs none).
 pub(crate) fn would_hold(lens: &[usize]) -> bool {
     let p = lock(&POOL);
     if p.page.is_none() {
         return false;
     }
     let mut free = p.free.clone();
-    lens.iter().all(|&len| first_fit(&mut free, len).is_some())
+    lens.iter()
+        .filter(|&&len| len <= MAX_STAGED_BYTES)
+        .all(|&len| first_fit(&mut free, len).is_some())
 }
 
 fn attach_to(pool: &'static Mutex<Pool>) -> Option<Lease> {
