@@ -221,12 +221,10 @@ impl ReadQueue {
     /// request is read at submit (its loads are then published before the
     /// next is read, not after a whole round of them).
     pub(crate) fn depth(&self, target: &BatchTarget) -> usize {
-        if self.ring.is_some() && target.block.is_some() {
-            if target.staged {
-                STAGED_DEPTH
-            } else {
-                QUEUE_DEPTH
-            }
+        if self.stages(target) {
+            STAGED_DEPTH
+        } else if self.ring.is_some() && target.block.is_some() {
+            QUEUE_DEPTH
         } else {
             1
         }
