@@ -84,31 +84,9 @@ impl TensorBuffer {
             what: "tensor data".to_owned(),
         };
         if len >= MAP_THRESHOLD && alignment <= PAGE {
-            // SAFETY: an anonymous private mapping with no address hint; the
-            // result is checked against MAP_FAILED before use.
-            let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            if p == libc::MAP_FAILED {
-                return Err(oom());
-            }
-            if len >= HUGE_PAGE {
-                // Transparent huge pages: one fault per 2 MiB instead of 512,
-                // so a first pass over fresh buffers is not bound by faults.
-                // Only a hint; where THP is off it changes nothing.
-                // SAFETY: advising a range of our own fresh mapping.
-                unsafe { libc::madvise(p, len, libc::MADV_HUGEPAGE) };
-            }
-            let ptr = NonNull::new(p as *mut u8).ok_or_else(oom)?;
+            let p = map_anonymous(len).ok_or_else(oom)?;
             return Ok(TensorBuffer {
-                ptr,
+                ptr: p,
                 len,
                 origin: Origin::Mapped,
             });
@@ -160,17 +138,34 @@ impl TensorBuffer {
                 return false;
             }
         } else if new_map > old_map {
-            // SAFETY: remapping our own mapping; on success the old address is
-            // no longer valid and we keep only the new one.
-            let p = unsafe {
-                libc::mremap(
-                    self.ptr.as_ptr() as *mut c_void,
-                    old_map,
-                    new_map,
-                    libc::MREMAP_MAYMOVE,
-                )
+            // From a huge page on, the grown buffer goes where `allocate`
+            // would put one (a fresh mapping, which the move replaces), so
+            // that its huge pages move whole instead of being split at an
+            // unaligned address; a smaller one may grow in place.
+            let to = if new_map >= HUGE_PAGE {
+                match map_anonymous(new_map) {
+                    Some(to) => Some(to),
+                    None => return false,
+                }
+            } else {
+                None
             };
+            let (flags, at) = match to {
+                Some(to) => (
+                    libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                    to.as_ptr() as *mut c_void,
+                ),
+                None => (libc::MREMAP_MAYMOVE, std::ptr::null_mut()),
+            };
+            // SAFETY: remapping our own mapping (onto our own fresh one with
+            // MREMAP_FIXED, which unmaps it first); on success the old address
+            // is no longer valid and we keep only the new one.
+            let p = unsafe { libc::mremap(self.ptr.as_ptr() as *mut c_void, old_map, new_map, flags, at) };
             if p == libc::MAP_FAILED {
+                if let Some(to) = to {
+                    // SAFETY: the fresh mapping is ours and nothing points into it.
+                    unsafe { libc::munmap(to.as_ptr() as *mut c_void, new_map) };
+                }
                 return false;
             }
             match NonNull::new(p as *mut u8) {
@@ -178,6 +173,8 @@ impl TensorBuffer {
                 None => return false,
             }
             if new_map >= HUGE_PAGE {
+                // The moved mapping keeps the old one's advice, given to a
+                // buffer smaller than a huge page: none.
                 // SAFETY: advising a range of our own mapping.
                 unsafe { libc::madvise(p, new_map, libc::MADV_HUGEPAGE) };
             }
@@ -202,6 +199,50 @@ impl TensorBuffer {
         // SAFETY: ptr is valid for len bytes and exclusively borrowed through &mut self.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
+}
+
+/// A fresh anonymous mapping of `len` bytes (whole pages), or `None`. From
+/// a huge page on, it starts on a huge-page boundary and is advised to use
+/// transparent huge pages: one fault per 2 MiB instead of 512, and an
+/// `O_DIRECT` read into it is one segment per 2 MiB (on a virtual disk,
+/// about twice as fast as into 4 KiB pages, `fio`: 3.3 against 1.2-1.7 GB/s).
+pub(super) fn map_anonymous(len: usize) -> Option<NonNull<u8>> {
+    let len = len.next_multiple_of(PAGE);
+    let slack = if len >= HUGE_PAGE { HUGE_PAGE } else { 0 };
+    // SAFETY: a private anonymous mapping with no address hint; the result
+    // is checked against MAP_FAILED before use.
+    let raw = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len + slack,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if raw == libc::MAP_FAILED {
+        return None;
+    }
+    let start = raw as usize;
+    let base = start.next_multiple_of(slack.max(PAGE));
+    let (head, tail) = (base - start, start + len + slack - (base + len));
+    // SAFETY: unmapping the parts of our own fresh mapping outside the
+    // aligned range.
+    unsafe {
+        if head > 0 {
+            libc::munmap(raw, head);
+        }
+        if tail > 0 {
+            libc::munmap((base + len) as *mut c_void, tail);
+        }
+    }
+    if slack > 0 {
+        // Only a hint; where THP is off it changes nothing.
+        // SAFETY: advising a range of our own fresh mapping.
+        unsafe { libc::madvise(base as *mut c_void, len, libc::MADV_HUGEPAGE) };
+    }
+    NonNull::new(base as *mut u8)
 }
 
 impl Drop for TensorBuffer {
@@ -235,6 +276,27 @@ mod tests {
         b.as_mut_slice()[(5 << 20) - 1] = 1;
         let mut small = TensorBuffer::allocate(100, 64).unwrap();
         assert!(!small.resize(1 << 20));
+    }
+
+    #[test]
+    fn buffers_of_a_huge_page_or_more_start_on_one_grown_or_not() {
+        let on_a_huge_page = |b: &TensorBuffer| (b.as_ptr() as usize) % HUGE_PAGE == 0;
+        let mut b = TensorBuffer::allocate(HUGE_PAGE + 12_288, 64).unwrap();
+        assert!(on_a_huge_page(&b));
+        b.as_mut_slice().fill(3);
+        // Grown from below a huge page to past one: moved onto one, bytes kept.
+        let mut small = TensorBuffer::allocate(300_000, 4096).unwrap();
+        small.as_mut_slice().fill(5);
+        assert!(small.resize(3 * HUGE_PAGE + 4096));
+        assert!(on_a_huge_page(&small));
+        assert!(small.as_mut_slice()[..300_000].iter().all(|&x| x == 5));
+        small.as_mut_slice()[3 * HUGE_PAGE] = 1;
+        // Grown again, and shrunk: still where it was put, bytes kept.
+        assert!(b.resize(5 * HUGE_PAGE));
+        assert!(on_a_huge_page(&b));
+        assert!(b.resize(HUGE_PAGE));
+        assert!(on_a_huge_page(&b));
+        assert!(b.as_mut_slice().iter().all(|&x| x == 3));
     }
 
     #[test]

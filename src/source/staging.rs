@@ -26,7 +26,7 @@
 use std::ptr::NonNull;
 use std::sync::Mutex;
 
-use super::buffer::HUGE_PAGE;
+use super::buffer::{map_anonymous, HUGE_PAGE};
 
 /// The largest read that is staged: half the page.
 pub(crate) const MAX_STAGED_BYTES: usize = HUGE_PAGE / 2;
@@ -238,48 +238,21 @@ impl Pool {
 /// Maps a page aligned to a huge page; `None` unless the kernel backs it
 /// with one.
 fn map_huge_page() -> Option<NonNull<u8>> {
-    // Twice the size, to cut a range aligned to a huge page out of it.
-    // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
-    let raw = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            2 * HUGE_PAGE,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if raw == libc::MAP_FAILED {
-        return None;
-    }
-    let start = raw as usize;
-    let base = start.next_multiple_of(HUGE_PAGE);
-    let (head, tail) = (base - start, start + 2 * HUGE_PAGE - (base + HUGE_PAGE));
-    // SAFETY: unmapping the parts of our own mapping outside the aligned range.
+    let page = map_anonymous(HUGE_PAGE)?;
+    let base = page.as_ptr() as usize;
+    // SAFETY: our own fresh mapping, advised to use huge pages: the write
+    // faults the page in (as a huge page where the kernel has one);
+    // MADV_COLLAPSE (Linux 6.1 on) makes one out of small pages if it did not.
     unsafe {
-        if head > 0 {
-            libc::munmap(raw, head);
-        }
-        if tail > 0 {
-            libc::munmap((base + HUGE_PAGE) as *mut libc::c_void, tail);
-        }
-    }
-    let page = base as *mut libc::c_void;
-    // SAFETY: advice on our own aligned mapping; the write faults the page
-    // in (as a huge page where the kernel has one); MADV_COLLAPSE (Linux
-    // 6.1 on) makes one out of small pages if it did not.
-    unsafe {
-        libc::madvise(page, HUGE_PAGE, libc::MADV_HUGEPAGE);
-        std::ptr::write_volatile(page as *mut u8, 0);
-        libc::madvise(page, HUGE_PAGE, MADV_COLLAPSE);
+        std::ptr::write_volatile(page.as_ptr(), 0);
+        libc::madvise(base as *mut libc::c_void, HUGE_PAGE, MADV_COLLAPSE);
     }
     if !is_huge_page(base) {
-        // SAFETY: the aligned range is ours and nothing points into it.
-        unsafe { libc::munmap(page, HUGE_PAGE) };
+        // SAFETY: the mapping is ours and nothing points into it.
+        unsafe { libc::munmap(base as *mut libc::c_void, HUGE_PAGE) };
         return None;
     }
-    NonNull::new(base as *mut u8)
+    Some(page)
 }
 
 /// `MADV_COLLAPSE`, which the libc crate does not name on every target.
