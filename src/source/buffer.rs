@@ -84,9 +84,9 @@ impl TensorBuffer {
             what: "tensor data".to_owned(),
         };
         if len >= MAP_THRESHOLD && alignment <= PAGE {
-            let p = map_anonymous(len).ok_or_else(oom)?;
+            let ptr = map_anonymous(len).ok_or_else(oom)?;
             return Ok(TensorBuffer {
-                ptr: p,
+                ptr,
                 len,
                 origin: Origin::Mapped,
             });

@@ -460,8 +460,10 @@ pub fn raw_direct_speed(path: &std::path::Path) -> Result<RawSpeed> {
 /// An `O_DIRECT` read of `buf` (aligned) through a slot of the staging
 /// page, a slot at a time, where one is free; else straight into `buf`.
 /// A buffer that starts on a huge page and holds one is read into straight
-/// away: it is backed by huge pages itself (see `buffer::map_anonymous`),
-/// so a copy would gain nothing.
+/// away: ours are backed by huge pages themselves (see
+/// `buffer::map_anonymous`), so a copy would gain nothing (a range of an
+/// engine's allocator that happens to start on one is read at the speed of
+/// whatever pages back it).
 fn pread_staged(direct: &File, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
     let huge = super::buffer::HUGE_PAGE;
     if buf.len() >= huge && (buf.as_ptr() as usize) % huge == 0 {

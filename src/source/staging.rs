@@ -7,8 +7,10 @@
 //! the same read into one physically contiguous huge page (measured on the
 //! 2-core CI machine: 1 MiB requests 1.25 GB/s into 4 KiB pages, 3.07 GB/s
 //! into a huge page, 3.25 at two in flight). Tensor buffers are small and
-//! many, so they cannot each be a huge page; copying a MiB costs about a
-//! tenth of a millisecond, a third of what the slower read loses.
+//! many, so they cannot each be a huge page (those of 2 MiB or more are,
+//! and are read into straight: `buffer::map_anonymous`); copying a MiB
+//! costs about a tenth of a millisecond, a third of what the slower read
+//! loses.
 //!
 //! The page is mapped when the first pager that reads with `O_DIRECT`
 //! under a budget opens, charged to that pager's budget (a tensor less of
