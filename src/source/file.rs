@@ -91,7 +91,10 @@ pub struct FileSource {
 }
 
 impl FileSource {
-    /// Opens `path` for positioned reads through the page cache.
+    /// Opens `path` for positioned reads through the page cache. The kernel
+    /// reads nothing ahead of them until [`ByteSource::set_drop_behind`]
+    /// says how the file is read (a pager does when it opens): `false`
+    /// gives the kernel's read-ahead back.
     pub fn open(path: &Path) -> Result<Self> {
         Self::open_with(path, false)
     }

@@ -124,10 +124,11 @@ pub trait ByteSource: Send + Sync {
     fn advise_willneed(&self, _offset: u64, _len: u64) {}
 
     /// With `on`, reads leave no page cache behind: each chunk read is
-    /// dropped from the page cache as soon as it is copied. A budget then
-    /// holds inside a kernel memory limit (a container's cgroup charges the
-    /// page cache to the process, the budget does not count it). Sources
-    /// without a page cache ignore it.
+    /// dropped from the page cache as soon as it is copied, and what the
+    /// cache held of the source when it turns on is dropped too. A budget
+    /// then holds inside a kernel memory limit (a container's cgroup charges
+    /// the page cache to the process, the budget does not count it).
+    /// Sources without a page cache ignore it.
     fn set_drop_behind(&self, _on: bool) {}
 
     /// Where requests with several in flight can read from (a file's
