@@ -142,9 +142,9 @@ impl FileSource {
         };
         // No read-ahead until `set_drop_behind` says how the file is read:
         // the header is read without the kernel reading megabytes behind it
-        // into the page cache, where a budget would not count them.
-        // SAFETY: a valid descriptor we own; advice only.
-        let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+        // into the page cache, where a budget would not count them. Advice
+        // only: a failure changes nothing we rely on.
+        let _ = advise_whole_file(&file, libc::POSIX_FADV_RANDOM);
         Ok(FileSource {
             staging: std::sync::Mutex::new(None),
             staged: AtomicBool::new(false),
@@ -309,8 +309,7 @@ impl ByteSource for FileSource {
             // behind those: 6 MiB of a 1.33 GiB model on a disk that reads
             // 8 MiB ahead) would stay charged to the engine's memory cgroup,
             // counted by no budget: dropped (pages someone maps stay).
-            // SAFETY: a valid descriptor owned by `self.file`; advice only.
-            let _ = unsafe { libc::posix_fadvise(self.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            let _ = advise_whole_file(&self.file, libc::POSIX_FADV_DONTNEED);
         }
         // The kernel's own read-ahead would fill the page cache past the
         // chunk being dropped: off while dropping behind (the pager reads
@@ -320,25 +319,26 @@ impl ByteSource for FileSource {
         } else {
             libc::POSIX_FADV_NORMAL
         };
-        // SAFETY: a valid descriptor owned by `self.file`; advice only.
-        let _ = unsafe { libc::posix_fadvise(self.file.as_raw_fd(), 0, 0, advice) };
+        let _ = advise_whole_file(&self.file, advice);
+    }
+}
+
+/// `posix_fadvise` over the whole of `file`; the error code where it fails.
+fn advise_whole_file(file: &File, advice: libc::c_int) -> std::result::Result<(), libc::c_int> {
+    // SAFETY: a valid descriptor owned by `file` for the duration of the
+    // call; advice changes no memory of ours.
+    match unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, advice) } {
+        0 => Ok(()),
+        rc => Err(rc),
     }
 }
 
 /// Drops the file's pages from the OS page cache (`posix_fadvise
 /// DONTNEED`), so that the next read of it comes from the device.
 pub fn drop_page_cache(path: &Path) -> Result<()> {
-    use std::os::fd::AsRawFd;
     let file = File::open(path).map_err(|e| Error::from_io(format!("open of '{}'", path.display()), &e))?;
-    // SAFETY: a valid descriptor owned by `file` for the duration of the call.
-    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    if rc != 0 {
-        return Err(Error::from_errno(
-            format!("posix_fadvise of '{}'", path.display()),
-            rc,
-        ));
-    }
-    Ok(())
+    advise_whole_file(&file, libc::POSIX_FADV_DONTNEED)
+        .map_err(|rc| Error::from_errno(format!("posix_fadvise of '{}'", path.display()), rc))
 }
 
 /// Reads the whole file sequentially with `pread` in `chunk`-byte reads:
@@ -476,14 +476,10 @@ pub fn raw_direct_speed(path: &std::path::Path) -> Result<RawSpeed> {
 
 /// An `O_DIRECT` read of `buf` (aligned) through a slot of the staging
 /// page, a slot at a time, where one is free; else straight into `buf`.
-/// A buffer that starts on a huge page and holds one is read into straight
-/// away: ours are backed by huge pages themselves (see
-/// `buffer::map_anonymous`), so a copy would gain nothing (a range of an
-/// engine's allocator that happens to start on one is read at the speed of
-/// whatever pages back it).
+/// A buffer laid out in huge pages (`buffer::lies_in_huge_pages`) is read
+/// into straight away: a copy would gain nothing.
 fn pread_staged(direct: &File, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
-    let huge = super::buffer::HUGE_PAGE;
-    if buf.len() >= huge && (buf.as_ptr() as usize) % huge == 0 {
+    if super::buffer::lies_in_huge_pages(buf) {
         return pread_full(direct, offset, buf);
     }
     let Some(mut slot) = super::staging::take(buf.len().min(super::staging::MAX_STAGED_BYTES)) else {
