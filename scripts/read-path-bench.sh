@@ -2,7 +2,7 @@
 # The read path under a memory limit, with the physical reference beside
 # it: `layerpager bench --cgroup-limit +8M` at 25, 50 and 75% on two
 # synthetic models built once into the cache, the default io mode
-# (O_DIRECT through the staging page) and pread dropping behind, each in a
+# (O_DIRECT through staging huge pages) and pread dropping behind, each in a
 # memory cgroup of the budget + 8 MiB. 'vs raw' is a steady pass's time
 # over its bytes at the file's raw O_DIRECT speed measured in the same run
 # (1.00x is the disk's sequential speed); 'vs bound' is bytes over M - B.

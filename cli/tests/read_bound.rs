@@ -10,7 +10,7 @@
 //! the default io mode and with O_DIRECT, in each of 5 runs: a rule, not a
 //! lucky run. (It found a reader that made room by evicting a large tensor
 //! for a small one, and settled at 1.25-1.85x the bound.) B is what the
-//! budget leaves tensors: less the staging page where O_DIRECT reads are
+//! budget leaves tensors: less the staging memory where O_DIRECT reads are
 //! staged (`staging_bytes`).
 
 use std::path::Path;
@@ -64,7 +64,7 @@ fn steady_ratio(model: &Path, share: f64, readers: u32, io_mode: IoMode) -> (f64
     run_passes(&pager, &order, config(passes), || Ok(()), || {}).unwrap();
     let stats = pager.stats();
     let per_pass = (stats.bytes_read - before) as f64 / passes as f64;
-    // What tensors may hold: the budget less the staging page, if any.
+    // What tensors may hold: the budget less the staging memory, if any.
     let bound = (total - (budget - stats.staging_bytes)) as f64;
     (per_pass / bound, ffn as f64 / bound)
 }

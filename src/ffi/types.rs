@@ -196,7 +196,7 @@ pub struct pager_stats_t {
     /// Bytes held against the budget now: buffers of tensors being read,
     /// idle, pinned or in use (O_DIRECT rounds them to pages; reuse may leave
     /// one up to a quarter larger than its tensor), freed buffers kept for
-    /// reuse, and the staging page (`staging_bytes`). Never more than the
+    /// reuse, and the staging memory (`staging_bytes`). Never more than the
     /// budget.
     pub resident_bytes: u64,
     /// Tensors resident now.
@@ -214,13 +214,14 @@ pub struct pager_stats_t {
     /// Nanoseconds callers spent waiting for another thread's read of the
     /// same tensor or for budget (their own reads are in `read_ns`).
     pub wait_ns: u64,
-    /// The part of `resident_bytes` that is the staging page: one 2 MiB
-    /// huge page that O_DIRECT reads land in before they are copied into
-    /// the tensors' buffers (a read into 4 KiB pages runs at a third of the
+    /// The part of `resident_bytes` that is staging memory: 2 MiB huge
+    /// pages that O_DIRECT reads land in before they are copied into the
+    /// tensors' buffers (a read into 4 KiB pages runs at a third of the
     /// speed on virtual disks). Charged where the file is read with
     /// O_DIRECT under a budget of at least 40 MiB that holds the largest
-    /// tensor with 10 MiB to spare; 0 otherwise, or with
-    /// `LAYERPAGER_STAGING=off`.
+    /// tensor with 10 MiB to spare: one page per 40 MiB of budget, up to
+    /// four (8 MiB, from a budget of 160 MiB), as far as that spare room
+    /// holds them; 0 otherwise, or with `LAYERPAGER_STAGING=off`.
     pub staging_bytes: u64,
 }
 

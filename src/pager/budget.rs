@@ -16,7 +16,7 @@ use super::window::Window;
 use super::Inner;
 use crate::error::{Error, Result};
 use crate::policy::{Candidates, ResidentSet};
-use crate::source::{Arena, FreshChunk, TensorBuffer, STAGING_BYTES};
+use crate::source::{Arena, FreshChunk, TensorBuffer, MOST_STAGING_PAGES, STAGING_PAGE_BYTES};
 
 /// Chunks an arena takes from the engine's allocator when there is no budget.
 const UNLIMITED_ARENA_CHUNK: u64 = 256 << 20;
@@ -28,11 +28,11 @@ const UNLIMITED_ARENA_CHUNK: u64 = 256 << 20;
 const RECENTLY_STREAMED: u64 = 16;
 
 /// Reads are staged where the budget holds the largest tensor and the
-/// staging page with this to spare, and the page is at most
-/// 1/`STAGING_SHARE` of the budget: charged to a smaller budget, the page
-/// would cost more reads (2 MiB a pass, or a share of the experts' hits)
-/// than its speed is worth.
-const STAGING_ROOM: u64 = 4 * STAGING_BYTES;
+/// staging memory with this to spare, through as many huge pages (up to
+/// four) as keep the staging memory at most 1/`STAGING_SHARE` of the
+/// budget: charged to a smaller budget, a page would cost more reads (2
+/// MiB a pass, or a share of the experts' hits) than its speed is worth.
+const STAGING_ROOM: u64 = 4 * STAGING_PAGE_BYTES;
 const STAGING_SHARE: u64 = 20;
 
 /// How often a thread waiting for budget looks again even if nobody woke it.
@@ -61,7 +61,7 @@ pub(super) struct EvictState {
     pub(super) charged: ResidentSet,
     /// Bytes of arena chunks being allocated with this mutex released.
     pub(super) growing: u64,
-    /// The staging page the source's `O_DIRECT` reads land in, charged to
+    /// The staging memory the source's `O_DIRECT` reads land in, charged to
     /// the budget like a pinned tensor (0 when reads are not staged).
     pub(super) staging_bytes: u64,
     /// Calls out of the pager that evictions made necessary, done once the
@@ -656,26 +656,39 @@ impl Inner {
         Ok(())
     }
 
-    /// Stages the source's `O_DIRECT` reads (charging the staging page to
-    /// the budget) where the budget has room for it (see [`STAGING_ROOM`]),
-    /// and stops where it no longer has. A pager with no budget does not
+    /// Stages the source's `O_DIRECT` reads (charging the staging memory to
+    /// the budget) through as many huge pages as the budget has room for
+    /// (see [`STAGING_ROOM`]), and stops where it has room for none. A pager with no budget does not
     /// stage: a model that fits is read once.
     pub(super) fn stage_reads_if_room(&self, g: &mut EvictState, budget: u64) {
-        let room = budget != 0
-            && budget >= g.largest_tensor + STAGING_BYTES + STAGING_ROOM
-            && budget >= STAGING_SHARE * STAGING_BYTES;
-        if room && g.staging_bytes == 0 {
-            if self.source.stage_direct_reads(true) {
-                g.staging_bytes = STAGING_BYTES;
-                g.peak_resident_bytes = g.peak_resident_bytes.max(g.held());
+        let pages = (budget / (STAGING_SHARE * STAGING_PAGE_BYTES)).min(MOST_STAGING_PAGES as u64);
+        let room = budget != 0 && pages > 0 && budget >= g.largest_tensor + STAGING_PAGE_BYTES + STAGING_ROOM;
+        // As many pages as the budget holds beside the largest tensor.
+        let pages = if room {
+            let beside = budget - g.largest_tensor - STAGING_ROOM;
+            pages.min(beside / STAGING_PAGE_BYTES) as usize
+        } else {
+            0
+        };
+        let wanted = pages as u64 * STAGING_PAGE_BYTES;
+        let had = g.staging_bytes;
+        if wanted == had {
+            return;
+        }
+        if wanted > had {
+            // Room first for the pages added.
+            self.evict_down(g, budget.saturating_sub(wanted - had));
+            if g.held() + (wanted - had) > budget {
+                return;
             }
-        } else if !room && g.staging_bytes > 0 {
-            self.source.stage_direct_reads(false);
-            g.staging_bytes = 0;
+        }
+        g.staging_bytes = self.source.stage_direct_reads(pages) as u64 * STAGING_PAGE_BYTES;
+        if g.staging_bytes > had {
+            g.peak_resident_bytes = g.peak_resident_bytes.max(g.held());
         }
     }
 
-    /// The part of `budget` that tensors may hold (less the staging page).
+    /// The part of `budget` that tensors may hold (less the staging memory).
     pub(super) fn tensor_budget(&self, g: &EvictState, budget: u64) -> u64 {
         if budget == 0 {
             0

@@ -146,7 +146,7 @@ pub struct Stats {
     /// Nanoseconds callers spent waiting for another thread's read of the
     /// same tensor or for budget (their own reads are `read_ns`).
     pub wait_ns: u64,
-    /// The part of `resident_bytes` that is the staging page O_DIRECT reads
-    /// land in (0 where reads are not staged).
+    /// The part of `resident_bytes` that is the staging memory O_DIRECT
+    /// reads land in: one to four huge pages (0 where reads are not staged).
     pub staging_bytes: u64,
 }

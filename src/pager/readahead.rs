@@ -44,7 +44,7 @@ impl Inner {
             // to overlap the next tensors' reads with compute.
             return UNLIMITED_READ_AHEAD_WINDOW.max(2 * g.largest_tensor);
         }
-        // What tensors may hold: the budget less the staging page.
+        // What tensors may hold: the budget less the staging memory.
         let for_tensors = self.tensor_budget(g, budget);
         if for_tensors >= model {
             return u64::MAX;

@@ -10,7 +10,7 @@ use crate::source::{
 };
 
 /// The most bytes one request reads: an O_DIRECT request as large as the
-/// largest slot of the staging page (1 MiB, which lands in one huge page
+/// largest slot of staging memory (1 MiB, which lands in one huge page
 /// and runs near the disk's speed), and a demand waiting for the first
 /// tensor of a request waits for all of it. A buffered request copies from the page
 /// cache (or reads a chunk at a time, dropping behind): 1 MiB.
@@ -86,7 +86,7 @@ impl Flights {
     /// Whether a load claimed next, landing at `landing_start` for
     /// `landing_len` bytes, would be read now: it joins the request being
     /// built, or the queue has room for a new request beside that one
-    /// (staged, the staging page holds them both).
+    /// (staged, the staging memory holds them both).
     pub(super) fn would_take(&self, landing_start: u64, landing_len: usize, queue: &ReadQueue) -> bool {
         let Some(p) = &self.building else {
             return queue.has_room_for(&self.target, &[landing_len]);

@@ -3,8 +3,8 @@
 //!
 //! A request is one range of the file scattered over several buffers (the
 //! neighbouring tensors it coalesces). An `O_DIRECT` request lands first in
-//! a slot of the staging page (`staging.rs`: one huge page) where one is
-//! free, and is copied into its buffers when it ends. The queue finishes
+//! a slot of staging memory (`staging.rs`: huge pages) where one is free,
+//! and is copied into its buffers when it ends. The queue finishes
 //! what the kernel leaves short (`EINTR`, a partial read) with plain
 //! `preadv`, drops the page cache behind a buffered read when the source
 //! asks for it, and hands back each request's outcome by its tag. Nothing
@@ -22,20 +22,11 @@ use super::TensorBuffer;
 use crate::error::{Error, Result};
 
 /// Requests a queue keeps in flight at most where they are not staged (no
-/// huge page for the staging page): the disks this runs on reach their
+/// huge page for staging memory): the disks this runs on reach their
 /// speed at a depth of 4 to 8 for tensor-sized reads into 4 KiB pages (64
 /// KiB reads gain to depth 8, 512 KiB ones are flat past 2); deeper only
 /// adds latency to the request a demand waits for.
 pub(crate) const QUEUE_DEPTH: usize = 8;
-
-/// Requests a queue keeps in flight at most where they are staged, as far
-/// as the staging page holds them (see [`ReadQueue::has_room_for`]): two
-/// stay in flight while the reader copies the third out. With two 1 MiB
-/// slots the disk had one read at a time during the copy: llama.cpp at
-/// half of SmolLM2 in its memory cgroup ran 32 tokens/s against 40 with
-/// three, and 22 against 25 on the Q8_0 file (medians of six alternating
-/// runs).
-pub(crate) const STAGED_DEPTH: usize = 3;
 
 /// Plain reads that drop behind themselves go in chunks of this size, so
 /// that at most one chunk sits in the page cache at a time.
@@ -67,8 +58,8 @@ pub struct BatchTarget {
     pub block: Option<usize>,
     /// Drop what a buffered read brought into the page cache.
     pub drop_behind: bool,
-    /// `O_DIRECT` requests land in the staging page first (the source
-    /// holds a lease on it).
+    /// `O_DIRECT` requests land in staging memory first (the source holds
+    /// a lease on an area of it).
     pub staged: bool,
 }
 
@@ -103,7 +94,7 @@ struct InFlight {
     staged: Option<Staged>,
 }
 
-/// A request read into a slot of the staging page, then copied into its
+/// A request read into a slot of staging memory, then copied into its
 /// own buffers.
 struct Staged {
     slot: Slot,
@@ -202,7 +193,7 @@ impl ReadQueue {
 
     /// Whether requests of `lens` bytes, one after another, can be
     /// submitted for `target` beside those in flight: within its depth and,
-    /// staged, each with a slot of the staging page (a request without one
+    /// staged, each with a slot of staging memory (a request without one
     /// would land in 4 KiB pages, at a third of the speed, and slow the
     /// staged ones beside it).
     pub(crate) fn has_room_for(&self, target: &BatchTarget, lens: &[usize]) -> bool {
@@ -211,18 +202,19 @@ impl ReadQueue {
     }
 
     /// Whether requests for `target` are staged: `O_DIRECT`, through the
-    /// ring, with a lease on the staging page.
+    /// ring, with a lease on staging memory.
     fn stages(&self, target: &BatchTarget) -> bool {
         self.ring.is_some() && target.block.is_some() && target.staged
     }
 
     /// How many requests for `target` may be in flight at once: through the
-    /// ring, [`STAGED_DEPTH`] staged or [`QUEUE_DEPTH`] not; one where a
+    /// ring, as many as the staging memory takes (`staging::staged_depth`)
+    /// staged or [`QUEUE_DEPTH`] not; one where a
     /// request is read at submit (its loads are then published before the
     /// next is read, not after a whole round of them).
     pub(crate) fn depth(&self, target: &BatchTarget) -> usize {
         if self.stages(target) {
-            STAGED_DEPTH
+            staging::staged_depth(QUEUE_DEPTH)
         } else if self.ring.is_some() && target.block.is_some() {
             QUEUE_DEPTH
         } else {
@@ -546,17 +538,17 @@ mod tests {
     #[test]
     fn scattered_requests_read_every_byte_with_and_without_a_ring() {
         let (f, bytes) = file_of(400_000);
-        // Staged where the page can be had (run's target asks for it).
-        let _lease = staging::attach();
+        // Staged where a huge page can be had (run's target asks for it).
+        let _lease = staging::attach(1);
         for ring in [true, false] {
             let mut q = ReadQueue::new();
             if !ring {
                 q.ring = None;
             }
             run(&mut q, f.path(), &bytes);
-            // And with every slot of the staging page held: each request
+            // And with every slot of staging memory held: each request
             // lands in its own buffers.
-            let lease = staging::attach();
+            let lease = staging::attach(1);
             let held: Vec<_> = std::iter::from_fn(|| staging::take(4096)).collect();
             run(&mut q, f.path(), &bytes);
             drop(held);

@@ -84,7 +84,7 @@ pub struct FileSource {
     drop_behind: AtomicBool,
     /// Never drop behind: the file fits in memory beside the budget.
     keep_cache: bool,
-    /// The lease on the staging page while `O_DIRECT` reads are staged
+    /// The lease on a staging area while `O_DIRECT` reads are staged
     /// ([`ByteSource::stage_direct_reads`]).
     staging: std::sync::Mutex<Option<super::staging::Lease>>,
     staged: AtomicBool,
@@ -258,8 +258,12 @@ impl ByteSource for FileSource {
     }
 
     fn io_description(&self) -> String {
-        if self.staged.load(Ordering::Relaxed) {
-            "O_DIRECT (no page cache) through a 2 MiB staging huge page".to_owned()
+        let staging = self.staging.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(lease) = staging.as_ref() {
+            format!(
+                "O_DIRECT (no page cache) through {} MiB of staging huge pages",
+                (lease.pages() as u64 * super::STAGING_PAGE_BYTES) >> 20
+            )
         } else if self.direct.is_some() {
             "O_DIRECT (no page cache)".to_owned()
         } else if self.drop_behind.load(Ordering::Relaxed) {
@@ -288,15 +292,20 @@ impl ByteSource for FileSource {
         })
     }
 
-    fn stage_direct_reads(&self, on: bool) -> bool {
+    fn stage_direct_reads(&self, pages: usize) -> usize {
         let mut lease = self.staging.lock().unwrap_or_else(|e| e.into_inner());
-        if !on {
+        let had = lease.as_ref().map_or(0, |l| l.pages());
+        if pages == 0 || self.direct.is_none() {
             *lease = None;
-        } else if lease.is_none() && self.direct.is_some() {
-            *lease = super::staging::attach();
+        } else if had != pages.min(super::MOST_STAGING_PAGES) {
+            // The old area goes first (when its slots in flight come back):
+            // both at once could pass a memory limit set for one. Fewer huge
+            // pages than asked for are better than none.
+            *lease = None;
+            *lease = super::staging::attach(pages).or_else(|| super::staging::attach(1));
         }
-        let staged = lease.is_some();
-        self.staged.store(staged, Ordering::Relaxed);
+        let staged = lease.as_ref().map_or(0, |l| l.pages());
+        self.staged.store(staged > 0, Ordering::Relaxed);
         staged
     }
 

@@ -26,7 +26,7 @@ pub use file::{drop_page_cache, raw_direct_speed, raw_pread_sweep, FileSource, R
 pub use memory::MemorySource;
 pub use mmap::MmapSource;
 pub use staging::STAGING_ENV;
-pub(crate) use staging::{MAX_STAGED_BYTES as STAGED_REQUEST_BYTES, STAGING_BYTES};
+pub(crate) use staging::{MAX_STAGED_BYTES as STAGED_REQUEST_BYTES, MOST_STAGING_PAGES, STAGING_PAGE_BYTES};
 
 use crate::error::{Error, Result};
 
@@ -138,12 +138,13 @@ pub trait ByteSource: Send + Sync {
         None
     }
 
-    /// With `on`, `O_DIRECT` reads land in the process's staging huge page
-    /// first (see `staging.rs`), if the source reads with `O_DIRECT` and
-    /// the page can be had; with `off`, they no longer do. Returns whether
-    /// they do now. Sources without `O_DIRECT` ignore it.
-    fn stage_direct_reads(&self, _on: bool) -> bool {
-        false
+    /// With `pages` above 0, `O_DIRECT` reads land first in a staging area
+    /// of that many huge pages (see `staging.rs`; at most four), if the
+    /// source reads with `O_DIRECT` and the pages can be had; with 0, they
+    /// no longer do. Returns the huge pages its reads are staged through
+    /// now (0: none). Sources without `O_DIRECT` ignore it.
+    fn stage_direct_reads(&self, _pages: usize) -> usize {
+        0
     }
 
     /// Tells the OS that `offset..offset+len` of a mapping is not needed.
