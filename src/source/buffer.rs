@@ -122,8 +122,10 @@ impl TensorBuffer {
 
     /// Changes the size of an anonymous-mapping buffer, keeping its pages
     /// that stay (already faulted in: no zeroing, no faults); a shrink
-    /// returns the tail to the OS, a growth may move the mapping. Returns
-    /// false (and changes nothing) for other buffers or when the OS refuses.
+    /// returns the tail to the OS, and with it the rest of a huge page the
+    /// new end cuts (whose bytes are then zero), a growth may move the
+    /// mapping. Returns false (and changes nothing) for other buffers or
+    /// when the OS refuses.
     pub fn resize(&mut self, new_len: usize) -> bool {
         if !self.is_resizable() || new_len < MAP_THRESHOLD {
             return false;
@@ -136,6 +138,9 @@ impl TensorBuffer {
                 unsafe { libc::munmap(self.ptr.as_ptr().add(new_map) as *mut c_void, old_map - new_map) };
             if rc != 0 {
                 return false;
+            }
+            if old_map >= HUGE_PAGE && new_map % HUGE_PAGE != 0 {
+                self.drop_cut_huge_page(new_map);
             }
         } else if new_map > old_map {
             // From a huge page on, the grown buffer goes where `allocate`
@@ -181,6 +186,28 @@ impl TensorBuffer {
         }
         self.len = new_len;
         true
+    }
+
+    /// After a shrink to `new_map` bytes that cut a huge page, lets what
+    /// is left of that page go too (its bytes read as zero after, in 4 KiB
+    /// pages faulted in when written). A huge page that is only partly
+    /// unmapped stays whole in memory, and charged to the memory cgroup,
+    /// until the kernel gets round to splitting it: up to 2 MiB more than
+    /// the buffer for as long (in a cgroup of the budget + 8 MiB, a few
+    /// such pages were enough to be OOM-killed). With none of it mapped, it
+    /// is freed at once.
+    fn drop_cut_huge_page(&mut self, new_map: usize) {
+        let from = new_map - new_map % HUGE_PAGE;
+        // SAFETY: a range of our own mapping (inside `ptr..ptr+new_map`),
+        // whose bytes nobody else holds during a resize (&mut self).
+        // Where the kernel refuses, the page stays whole until it splits it.
+        unsafe {
+            libc::madvise(
+                self.ptr.as_ptr().add(from) as *mut c_void,
+                new_map - from,
+                libc::MADV_DONTNEED,
+            )
+        };
     }
 
     /// Capacity in bytes.
@@ -276,9 +303,13 @@ mod tests {
     fn mapped_buffers_shrink_and_grow_keeping_their_bytes() {
         let mut b = TensorBuffer::allocate(3 << 20, 64).unwrap();
         b.as_mut_slice()[..4096].fill(9);
+        assert!(b.resize((2 << 20) + 4096));
+        assert_eq!(b.len(), (2 << 20) + 4096);
+        assert!(b.as_mut_slice()[..4096].iter().all(|&x| x == 9));
+        // Cut inside its first huge page: that page's bytes start afresh.
         assert!(b.resize(1 << 20));
         assert_eq!(b.len(), 1 << 20);
-        assert!(b.as_mut_slice()[..4096].iter().all(|&x| x == 9));
+        b.as_mut_slice()[..4096].fill(9);
         assert!(b.resize(5 << 20));
         assert_eq!(b.len(), 5 << 20);
         assert!(b.as_mut_slice()[..4096].iter().all(|&x| x == 9));
@@ -306,6 +337,18 @@ mod tests {
         assert!(b.resize(HUGE_PAGE));
         assert!(on_a_huge_page(&mut b));
         assert!(b.as_mut_slice().iter().all(|&x| x == 3));
+        // Shrunk to cut a huge page, then grown: one mapping still (moved
+        // whole onto a huge page), the whole huge pages before the cut kept.
+        assert!(b.resize(3 * HUGE_PAGE));
+        b.as_mut_slice().fill(4);
+        assert!(b.resize(HUGE_PAGE + 300_000));
+        assert!(b.resize(4 * HUGE_PAGE));
+        assert!(on_a_huge_page(&mut b));
+        assert!(b.as_mut_slice()[..HUGE_PAGE].iter().all(|&x| x == 4));
+        assert!(b.as_mut_slice()[HUGE_PAGE..HUGE_PAGE + 300_000]
+            .iter()
+            .all(|&x| x == 0));
+        b.as_mut_slice().fill(6);
     }
 
     #[test]
