@@ -231,8 +231,9 @@ int main(int argc, char ** argv) {
         pager_stats_init(&after);
         pager_get_stats(layerpager_ggml_pager(pager), &after);
         const uint64_t model_bytes = layerpager_ggml_model_bytes(pager);
-        // What the budget leaves tensors: less the staging memory O_DIRECT reads land in.
-        const uint64_t for_tensors = budget - std::min(budget, after.staging_bytes);
+        // What the budget leaves tensors: less the staging memory O_DIRECT reads
+        // land in and the share kept for the buffers' page tables.
+        const uint64_t for_tensors = budget - std::min(budget, after.staging_bytes + after.page_table_bytes);
         const uint64_t bound = model_bytes > for_tensors && budget > 0 ? model_bytes - for_tensors : 0;
         const double read_per_token = (double) (after.bytes_read - before.bytes_read) / measured;
         char bound_text[160] = "raw speed not measured";

@@ -260,7 +260,8 @@ typedef struct pager_stats_t {
    * Bytes held against the budget now: buffers of tensors being read,
    * idle, pinned or in use (O_DIRECT rounds them to pages; reuse may leave
    * one up to a quarter larger than its tensor), freed buffers kept for
-   * reuse, and the staging memory (`staging_bytes`). Never more than the
+   * reuse, the staging memory (`staging_bytes`) and the page tables'
+   * share (`page_table_bytes`). Never more than the
    * budget.
    */
   uint64_t resident_bytes;
@@ -304,6 +305,14 @@ typedef struct pager_stats_t {
    * holds them; 0 otherwise, or with `LAYERPAGER_STAGING=off`.
    */
   uint64_t staging_bytes;
+  /**
+   * The part of `resident_bytes` kept for the kernel's page tables of the
+   * tensor buffers of 2 MiB or more (each 2 MiB of such a buffer takes a
+   * 4 KiB table, its partial last 2 MiB one more): those of all the
+   * model's such tensors, at most 1/256 of the budget, in whole 4 KiB
+   * pages; 0 where every tensor is smaller.
+   */
+  uint64_t page_table_bytes;
 } pager_stats_t;
 
 /**

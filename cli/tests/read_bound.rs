@@ -11,7 +11,7 @@
 //! lucky run. (It found a reader that made room by evicting a large tensor
 //! for a small one, and settled at 1.25-1.85x the bound.) B is what the
 //! budget leaves tensors: less the staging memory where O_DIRECT reads are
-//! staged (`staging_bytes`).
+//! staged (`staging_bytes`) and the page tables' share (`page_table_bytes`).
 
 use std::path::Path;
 
@@ -64,8 +64,9 @@ fn steady_ratio(model: &Path, share: f64, readers: u32, io_mode: IoMode) -> (f64
     run_passes(&pager, &order, config(passes), || Ok(()), || {}).unwrap();
     let stats = pager.stats();
     let per_pass = (stats.bytes_read - before) as f64 / passes as f64;
-    // What tensors may hold: the budget less the staging memory, if any.
-    let bound = (total - (budget - stats.staging_bytes)) as f64;
+    // What tensors may hold: the budget less the staging memory and the
+    // page tables' share, if any.
+    let bound = (total - (budget - stats.staging_bytes - stats.page_table_bytes)) as f64;
     (per_pass / bound, ffn as f64 / bound)
 }
 

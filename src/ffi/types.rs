@@ -196,7 +196,8 @@ pub struct pager_stats_t {
     /// Bytes held against the budget now: buffers of tensors being read,
     /// idle, pinned or in use (O_DIRECT rounds them to pages; reuse may leave
     /// one up to a quarter larger than its tensor), freed buffers kept for
-    /// reuse, and the staging memory (`staging_bytes`). Never more than the
+    /// reuse, the staging memory (`staging_bytes`) and the page tables'
+    /// share (`page_table_bytes`). Never more than the
     /// budget.
     pub resident_bytes: u64,
     /// Tensors resident now.
@@ -223,6 +224,12 @@ pub struct pager_stats_t {
     /// four (8 MiB, from a budget of 160 MiB), as far as that spare room
     /// holds them; 0 otherwise, or with `LAYERPAGER_STAGING=off`.
     pub staging_bytes: u64,
+    /// The part of `resident_bytes` kept for the kernel's page tables of the
+    /// tensor buffers of 2 MiB or more (each 2 MiB of such a buffer takes a
+    /// 4 KiB table, its partial last 2 MiB one more): those of all the
+    /// model's such tensors, at most 1/256 of the budget, in whole 4 KiB
+    /// pages; 0 where every tensor is smaller.
+    pub page_table_bytes: u64,
 }
 
 impl From<Stats> for pager_stats_t {
@@ -243,6 +250,7 @@ impl From<Stats> for pager_stats_t {
             read_ns: s.read_ns,
             wait_ns: s.wait_ns,
             staging_bytes: s.staging_bytes,
+            page_table_bytes: s.page_table_bytes,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
 
 use super::acquisitions::{random_salt, Acquisition, TicketedAcquisition};
-use super::budget::EvictState;
+use super::budget::{page_tables_of, EvictState};
 use super::follow::MemoryFollower;
 use super::options::{PagerOptions, Stats};
 use super::slot::{in_use_of, state_of, Slot, ABSENT};
@@ -92,6 +92,7 @@ impl Pager {
         source.set_drop_behind(options.budget_bytes != 0);
         let n = index.len();
         let largest_tensor = index.largest_tensor();
+        let page_tables_most = index.tensors().iter().map(|t| page_tables_of(t.size)).sum();
         // An engine's allocator (pinned host memory, slow to allocate) is
         // called for a few large chunks, not once per miss.
         let arena = options.allocator.as_ref().map(|a| {
@@ -123,6 +124,7 @@ impl Pager {
                 charged: crate::policy::ResidentSet::new(n as u32),
                 arena: arena.clone(),
                 largest_tensor,
+                page_tables_most,
                 ..EvictState::default()
             }),
             budget_freed: Condvar::new(),
@@ -148,7 +150,7 @@ impl Pager {
         inner.policy.set_sizes(0, &sizes);
         {
             let mut g = inner.lock_evict();
-            inner.stage_reads_if_room(&mut g, options.budget_bytes);
+            inner.set_aside(&mut g, options.budget_bytes);
             inner
                 .policy
                 .set_budget(inner.tensor_budget(&g, options.budget_bytes));

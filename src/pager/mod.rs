@@ -273,6 +273,7 @@ impl Inner {
             bytes_read: self.bytes_read.load(Ordering::Relaxed),
             resident_bytes: g.held(),
             staging_bytes: g.staging_bytes,
+            page_table_bytes: g.page_tables,
             peak_resident_bytes: g.peak_resident_bytes,
             budget_bytes: self.budget.load(Ordering::Relaxed),
             read_ns: self.read_ns.load(Ordering::Relaxed),

@@ -129,7 +129,8 @@ pub struct Stats {
     pub bytes_read: u64,
     /// Bytes held against the budget now: tensors being read, idle, pinned
     /// or in use (their buffers, which O_DIRECT rounds to pages and reuse
-    /// may leave up to a quarter larger), and freed buffers kept for reuse.
+    /// may leave up to a quarter larger), freed buffers kept for reuse, the
+    /// staging memory and the page tables' share.
     pub resident_bytes: u64,
     /// Tensors resident now.
     pub resident_count: u64,
@@ -149,4 +150,9 @@ pub struct Stats {
     /// The part of `resident_bytes` that is the staging memory O_DIRECT
     /// reads land in: one to four huge pages (0 where reads are not staged).
     pub staging_bytes: u64,
+    /// The part of `resident_bytes` kept for the kernel's page tables of
+    /// the tensor buffers of 2 MiB or more: those of all the model's such
+    /// tensors, at most 1/256 of the budget (0 where every tensor is
+    /// smaller).
+    pub page_table_bytes: u64,
 }
