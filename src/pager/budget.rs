@@ -95,6 +95,12 @@ pub(super) struct EvictState {
     /// The tensors charged to the budget (loading or resident): the
     /// eviction candidates, so that no choice walks every slot.
     pub(super) charged: ResidentSet,
+    /// The part of `charged` loaded since about a pass ago (or being
+    /// loaded): the only tensors a read-ahead along the schedule may take,
+    /// so that its choice looks at the few streamed through the budget, not
+    /// at every tensor the pass keeps ([`Inner::forget_kept`] drops the
+    /// others when it looks).
+    pub(super) streamed: ResidentSet,
     /// Bytes of arena chunks being allocated with this mutex released.
     pub(super) growing: u64,
     /// The staging memory the source's `O_DIRECT` reads land in, charged to
@@ -265,7 +271,8 @@ fn declined() -> Error {
 /// `charged_within`, only tensors charged between those bytes (inclusive).
 struct Evictable<'a> {
     inner: &'a Inner,
-    charged: &'a ResidentSet,
+    /// The tensors looked at (all charged ones, or the streamed).
+    among: &'a ResidentSet,
     exclude: u32,
     spare_read_ahead: bool,
     read_ahead: bool,
@@ -275,7 +282,7 @@ struct Evictable<'a> {
 
 impl Candidates for Evictable<'_> {
     fn resident(&self) -> &ResidentSet {
-        self.charged
+        self.among
     }
 
     fn is_evictable(&self, id: u32) -> bool {
@@ -327,6 +334,7 @@ impl Inner {
         let charge = slot.charge.swap(0, Ordering::Relaxed);
         g.resident_bytes -= charge;
         g.charged.remove(id);
+        g.streamed.remove(id);
         if slot.load_word() & PREFETCHED != 0 {
             // A read-ahead that failed: still LOADING, its flag set.
             self.prefetched_bytes.fetch_sub(charge, Ordering::Relaxed);
@@ -507,6 +515,7 @@ impl Inner {
         g.peak_resident_bytes = g.peak_resident_bytes.max(g.held());
         if charged > 0 {
             g.charged.insert(id);
+            g.streamed.insert(id);
         }
         if readahead {
             self.prefetched_bytes.fetch_add(charged, Ordering::Relaxed);
@@ -565,10 +574,14 @@ impl Inner {
         let pass = self.policy.pass_length();
         let streamed_since =
             (intent == Intent::ReadAhead && pass > 0).then(|| self.policy.position().saturating_sub(pass));
+        if let Some(since) = streamed_since {
+            self.forget_kept(g, since);
+        }
+
         if let (Some(_), true) = (streamed_since, exact_reuse) {
             let same_size = Evictable {
                 inner: self,
-                charged: &g.charged,
+                among: &g.streamed,
                 exclude,
                 spare_read_ahead: false,
                 // Idle ones only: the buffer is taken now.
@@ -593,7 +606,12 @@ impl Inner {
         loop {
             let candidates = Evictable {
                 inner: self,
-                charged: &g.charged,
+                // A read-ahead looks only at what was streamed (`forget_kept`).
+                among: if streamed_since.is_some() {
+                    &g.streamed
+                } else {
+                    &g.charged
+                },
                 exclude,
                 spare_read_ahead,
                 read_ahead: incoming.is_some(),
@@ -616,6 +634,26 @@ impl Inner {
             if self.evict_one(g, victim) {
                 return true;
             }
+        }
+    }
+
+    /// Drops from `g.streamed` the resident tensors loaded before schedule
+    /// position `since`: tensors the pass keeps, which a read-ahead may not
+    /// take. Each load is dropped at most once, so a read-ahead's choice
+    /// costs the tensors streamed in the last pass, not every resident one
+    /// (at 75% of a model of 2,883 tensors, 2,160 were looked at for each
+    /// read). One loading keeps its place: its position is set when it ends.
+    fn forget_kept(&self, g: &mut EvictState, since: u64) {
+        let kept: Vec<u32> = g
+            .streamed
+            .iter()
+            .filter(|&id| {
+                let s = self.slot_unchecked(id);
+                state_of(s.load_word()) == RESIDENT && s.loaded_at.load(Ordering::Relaxed) < since
+            })
+            .collect();
+        for id in kept {
+            g.streamed.remove(id);
         }
     }
 
@@ -654,6 +692,7 @@ impl Inner {
         let charge = slot.charge.swap(0, Ordering::Relaxed);
         g.resident_bytes -= charge;
         g.charged.remove(id);
+        g.streamed.remove(id);
         g.evictions += 1;
         if w & PREFETCHED != 0 {
             // Read ahead and never used.

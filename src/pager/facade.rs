@@ -122,6 +122,7 @@ impl Pager {
             budget: AtomicU64::new(options.budget_bytes),
             evict: Mutex::new(EvictState {
                 charged: crate::policy::ResidentSet::new(n as u32),
+                streamed: crate::policy::ResidentSet::new(n as u32),
                 arena: arena.clone(),
                 largest_tensor,
                 page_tables_most,

@@ -354,6 +354,12 @@ impl Inner {
                 before.0, before.1
             ));
         }
+        if let Some(id) = g.streamed.iter().find(|&id| !g.charged.contains(id)) {
+            return Err(format!(
+                "{} is among the streamed, not the charged",
+                self.label(id)
+            ));
+        }
         let members = g.charged.len();
         let charged_slots = self
             .slots
