@@ -258,7 +258,7 @@ typedef struct pager_stats_t {
   uint64_t bytes_read;
   /**
    * Bytes held against the budget now: buffers of tensors being read,
-   * idle, pinned or in use (O_DIRECT rounds them to pages; reuse may leave
+   * idle, pinned or in use (whole pages from 4 KiB on; reuse may leave
    * one up to a quarter larger than its tensor), freed buffers kept for
    * reuse, the staging memory (`staging_bytes`) and the page tables'
    * share (`page_table_bytes`). Never more than the

@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::pattern;
+use common::{charge_of, pattern};
 use layerpager::{Pager, PagerOptions, PolicyKind, Status, TicketedAcquisition};
 use proptest::prelude::*;
 
@@ -53,13 +53,13 @@ struct Model {
 }
 
 impl Model {
-    /// Bytes that cannot be evicted: distinct held or pinned tensors.
+    /// Charges that cannot be evicted: distinct held or pinned tensors.
     fn locked(&self) -> BTreeMap<u32, u64> {
         self.held
             .iter()
             .map(|t| t.id)
             .chain(self.pinned.iter().copied())
-            .map(|id| (id, SIZES[id as usize]))
+            .map(|id| (id, charge_of(SIZES[id as usize])))
             .collect()
     }
 
@@ -69,7 +69,7 @@ impl Model {
         if self.budget == 0 || locked.contains_key(&id) {
             return false;
         }
-        locked.values().sum::<u64>() + SIZES[id as usize] > self.budget
+        locked.values().sum::<u64>() + charge_of(SIZES[id as usize]) > self.budget
     }
 }
 

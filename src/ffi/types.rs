@@ -194,7 +194,7 @@ pub struct pager_stats_t {
     /// Bytes read from the source for tensors.
     pub bytes_read: u64,
     /// Bytes held against the budget now: buffers of tensors being read,
-    /// idle, pinned or in use (O_DIRECT rounds them to pages; reuse may leave
+    /// idle, pinned or in use (whole pages from 4 KiB on; reuse may leave
     /// one up to a quarter larger than its tensor), freed buffers kept for
     /// reuse, the staging memory (`staging_bytes`) and the page tables'
     /// share (`page_table_bytes`). Never more than the

@@ -337,7 +337,7 @@ impl Inner {
                 head,
             });
         }
-        let charge = len as u64;
+        let charge = TensorBuffer::footprint(len) as u64;
         let reused = self.reserve(id, charge, intent, true)?;
         if intent == Intent::Acquire {
             // This demand holds its budget: the readers may look ahead now.

@@ -128,7 +128,7 @@ pub struct Stats {
     /// Bytes read from the source for tensors.
     pub bytes_read: u64,
     /// Bytes held against the budget now: tensors being read, idle, pinned
-    /// or in use (their buffers, which O_DIRECT rounds to pages and reuse
+    /// or in use (their buffers, in whole pages from 4 KiB on, which reuse
     /// may leave up to a quarter larger), freed buffers kept for reuse, the
     /// staging memory and the page tables' share.
     pub resident_bytes: u64,

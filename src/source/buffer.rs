@@ -120,6 +120,18 @@ impl TensorBuffer {
         matches!(self.origin, Origin::Mapped)
     }
 
+    /// The memory a buffer of `len` bytes takes, which a budget charges for
+    /// it: a buffer of a page or more is a mapping of whole pages. (Charged
+    /// its length, the unused end of its last page, up to 4 KiB a tensor,
+    /// would be memory no budget counts.)
+    pub fn footprint(len: usize) -> usize {
+        if len >= MAP_THRESHOLD {
+            len.next_multiple_of(PAGE)
+        } else {
+            len
+        }
+    }
+
     /// Changes the size of an anonymous-mapping buffer, keeping its pages
     /// that stay (already faulted in: no zeroing, no faults); a shrink
     /// returns the tail to the OS, and with it the rest of a huge page the

@@ -133,6 +133,16 @@ pub fn assert_pattern(bytes: &[u8], offset: usize) {
 }
 
 /// The byte at offset `i` of a [`pattern_file`].
+/// What a budget charges a tensor of `size` bytes read into a buffer of
+/// its own: a buffer of a page or more is a mapping of whole pages.
+pub fn charge_of(size: u64) -> u64 {
+    if size >= 4096 {
+        size.next_multiple_of(4096)
+    } else {
+        size
+    }
+}
+
 pub fn pattern(i: usize) -> u8 {
     (i.wrapping_mul(31) ^ (i >> 8)) as u8
 }
