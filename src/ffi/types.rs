@@ -222,7 +222,9 @@ pub struct pager_stats_t {
     /// O_DIRECT under a budget of at least 40 MiB that holds the largest
     /// tensor with 10 MiB to spare: one page per 40 MiB of budget, up to
     /// four (8 MiB, from a budget of 160 MiB), as far as that spare room
-    /// holds them; 0 otherwise, or with `LAYERPAGER_STAGING=off`.
+    /// holds them and, past the first, as far as they are at most 1/64 of
+    /// what a pass streams (the model less the budget); 0 otherwise, or
+    /// with `LAYERPAGER_STAGING=off`.
     pub staging_bytes: u64,
     /// The part of `resident_bytes` kept for the kernel's page tables of the
     /// tensor buffers of 2 MiB or more (each 2 MiB of such a buffer takes a
