@@ -16,7 +16,7 @@ use super::window::Window;
 use super::Inner;
 use crate::error::{Error, Result};
 use crate::policy::{Candidates, ResidentSet};
-use crate::source::{Arena, FreshChunk, TensorBuffer, MOST_STAGING_PAGES, STAGING_PAGE_BYTES};
+use crate::source::{Arena, FreshChunk, TensorBuffer, HUGE_PAGE, MOST_STAGING_PAGES, STAGING_PAGE_BYTES};
 
 /// Chunks an arena takes from the engine's allocator when there is no budget.
 const UNLIMITED_ARENA_CHUNK: u64 = 256 << 20;
@@ -45,20 +45,16 @@ const STAGING_STREAMED_SHARE: u64 = 64;
 /// the tensor buffers (see [`page_table_reserve`]).
 const PAGE_TABLE_SHARE: u64 = 256;
 
-/// A transparent huge page: buffers this large or larger are mappings of
-/// their own, aligned to one.
-const HUGE_PAGE_BYTES: u64 = STAGING_PAGE_BYTES;
-
 /// The page tables that map a buffer of `len` bytes, where they are its
 /// own: a buffer of 2 MiB or more is a mapping of its own, aligned to 2
 /// MiB, and each 2 MiB of it takes a 4 KiB table (for a transparent huge
 /// page, one set aside to split it), its partial last 2 MiB one more.
 /// Smaller buffers share their tables with their neighbours: 0.
 pub(super) fn page_tables_of(len: u64) -> u64 {
-    if len < HUGE_PAGE_BYTES {
+    if len < HUGE_PAGE as u64 {
         0
     } else {
-        len.div_ceil(HUGE_PAGE_BYTES) * 4096
+        len.div_ceil(HUGE_PAGE as u64) * 4096
     }
 }
 
@@ -215,17 +211,11 @@ impl EvictState {
             let charge = b.len() as u64;
             return Some((b, charge));
         }
-        // Buffers of a huge page or more are not resized: a grown one has
-        // its new huge pages faulted in (and zeroed), a shrunk one gives
-        // them back, and when streamed tensors of two sizes share buffers,
-        // every load does both. Kept at their size, they serve the next
-        // tensor of that size as they are (on m48 at half, at budgets
-        // where the streamed tensors took each other's buffers, a pass
-        // took 0.36-0.40 s against 0.23, and held 4 MiB more).
         let resizable = || {
-            self.pool.iter().enumerate().filter(|(_, b)| {
-                b.is_resizable() && (b.len() as u64) < HUGE_PAGE_BYTES && len < HUGE_PAGE_BYTES
-            })
+            self.pool
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.worth_resizing_to(len as usize))
         };
         let i = resizable()
             .filter(|(_, b)| b.len() as u64 >= len)

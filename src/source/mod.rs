@@ -20,7 +20,7 @@ pub use batch::BatchTarget;
 pub use batch::IO_URING_ENV;
 pub(crate) use batch::{Completion, ReadQueue, Request, MAX_HOLE, MAX_IOVECS};
 pub use buffer::Allocator;
-pub(crate) use buffer::TensorBuffer;
+pub(crate) use buffer::{TensorBuffer, HUGE_PAGE};
 pub use callback::{CallbackSource, DestroyFn, ReadAtFn};
 pub use file::{drop_page_cache, raw_direct_speed, raw_pread_sweep, FileSource, RawSpeed};
 pub use memory::MemorySource;
