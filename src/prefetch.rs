@@ -13,10 +13,11 @@
 //! tensors and expert slices do not pay a round trip each.
 //!
 //! Nothing here waits for budget: a read-ahead that does not fit stops, and
-//! starts again when the engine's position moves.
+//! starts again when the engine's position moves (or when a tensor it would
+//! have taken, in use then, is released).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -55,6 +56,8 @@ pub(crate) struct Shared {
     queue: Mutex<Queue>,
     ready: Condvar,
     idle: AtomicUsize,
+    /// Set by [`Shared::retry`]: look again though the engine has not moved.
+    again: AtomicBool,
 }
 
 impl Shared {
@@ -66,6 +69,15 @@ impl Shared {
             let _q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
             self.ready.notify_one();
         }
+    }
+
+    /// Makes a reader look at the schedule again even if the engine has not
+    /// moved: what stopped its read-ahead (a tensor in use that it would
+    /// have taken) is gone. Not for the hit path (a lock and a wake-up).
+    pub(crate) fn retry(&self) {
+        let _q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        self.again.store(true, Ordering::SeqCst);
+        self.ready.notify_one();
     }
 
     /// Queues `ids`, in order, with one lock and one wake-up; returns false
@@ -155,7 +167,10 @@ fn worker(shared: &Shared, pager: &dyn ReadAheadTarget) {
                 if q.stop || pager.is_closed() {
                     return;
                 }
-                if !q.ids.is_empty() || pager.schedule_position() != seen_position {
+                if !q.ids.is_empty()
+                    || pager.schedule_position() != seen_position
+                    || shared.again.swap(false, Ordering::SeqCst)
+                {
                     break;
                 }
                 shared.idle.fetch_add(1, Ordering::SeqCst);

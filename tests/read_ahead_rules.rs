@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{assert_pattern, even_table, pattern, probe, probe_pager, Probe};
+use common::{assert_pattern, even_table, pattern, probe, probe_pager, probe_table_pager, Probe};
 use layerpager::source::MemorySource;
 use layerpager::{Pager, PagerOptions, Status, TensorIndex};
 
@@ -237,4 +237,62 @@ fn opening_reads_nothing_until_a_pass_starts_and_then_a_bounded_window() {
     // readers may overshoot by the tensor it was starting.
     assert!(s.resident_bytes <= size + (64 << 20) + 4 * size, "{s:?}");
     assert!(s.resident_bytes > size, "no read-ahead at all: {s:?}");
+}
+
+#[test]
+fn read_ahead_gives_up_a_kept_tensor_to_hold_its_window() {
+    // 400 tensors of 1,000 and 2,700 bytes in turn (the sizes of an MoE
+    // model's expert slices, scaled down), the pass declared, at 75%.
+    let sizes: Vec<u64> = (0..400).map(|i| if i % 2 == 0 { 1000 } else { 2700 }).collect();
+    let mut table = Vec::new();
+    let mut at = 0;
+    for (i, &size) in sizes.iter().enumerate() {
+        table.push((format!("t{i}"), at, size));
+        at += size;
+    }
+    let slow = probe(at as usize, 0);
+    let options = PagerOptions {
+        budget_bytes: at * 3 / 4,
+        prefetch_threads: 1,
+        ..Default::default()
+    };
+    let pager = probe_table_pager(&slow, &table, options);
+    let order: Vec<u32> = (0..400).collect();
+    pager.set_schedule(&order).unwrap();
+    // Two passes settle what is kept; the third stops in its streamed part.
+    let stop = 300;
+    for pass in 0..3 {
+        for &id in order.iter().take(if pass < 2 { 400 } else { stop + 1 }) {
+            let a = pager.acquire(id).unwrap();
+            assert_pattern(a.bytes(), table[id as usize].1 as usize);
+        }
+    }
+    // A budget of 40% leaves the pass more to stream (444,000 bytes): a
+    // read-ahead window of 13,875 bytes, where it held 5,781. Making room
+    // evicts what was streamed (needed last); the read-ahead then has
+    // nothing streamed it may take (a tensor of 2,700 bytes is more than
+    // twice one of 1,000), and reads on only by giving up kept tensors, as
+    // far as what streams stays within 1/40 of 444,000 bytes: five or six
+    // tensors ahead.
+    slow.furthest.store(0, Ordering::SeqCst);
+    pager.set_budget(at * 2 / 5).unwrap();
+    let ahead = table[stop + 5].1 + table[stop + 5].2;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while slow.furthest.load(Ordering::SeqCst) < ahead {
+        assert!(
+            Instant::now() < deadline,
+            "the reader stopped at byte {} of the file, short of {ahead}",
+            slow.furthest.load(Ordering::SeqCst)
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    pager.check_invariants().unwrap();
+    // The engine then finds them resident: no miss.
+    let read_ahead = pager.stats();
+    for &id in &order[stop + 1..stop + 6] {
+        drop(pager.acquire(id).unwrap());
+    }
+    let s = pager.stats();
+    assert_eq!(s.misses, read_ahead.misses, "{s:?}");
+    assert!(s.peak_resident_bytes <= at * 3 / 4, "{s:?}");
 }

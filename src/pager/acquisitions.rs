@@ -145,7 +145,7 @@ impl Inner {
             if self.readahead_waits_for_release.load(Ordering::Relaxed)
                 && self.readahead_waits_for_release.swap(false, Ordering::Relaxed)
             {
-                self.poke_readers();
+                self.retry_readers();
             }
         }
     }

@@ -27,6 +27,13 @@ const UNLIMITED_ARENA_CHUNK: u64 = 256 << 20;
 /// about to become one the pass keeps.
 const RECENTLY_STREAMED: u64 = 16;
 
+/// The largest tensor a read-ahead may evict, as a multiple of its own
+/// charge: a large tensor evicted for a small one leaves most of its room
+/// to no read (a reader evicting a 13 MiB output matrix for a 160 KiB one
+/// read 1.25-1.85x the bound; four times read 5-6% over M - B at half of a
+/// SmolLM2-sized model with four readers, against 4%).
+const READ_AHEAD_VICTIM_MOST: u64 = 2;
+
 /// Reads are staged where the budget holds the largest tensor and the
 /// staging memory with this to spare, through as many huge pages (up to
 /// four) as keep the staging memory at most 1/`STAGING_SHARE` of the
@@ -549,14 +556,20 @@ impl Inner {
     }
 
     /// Evicts the policy's victim among idle unpinned tensors other than
-    /// `exclude`; with `incoming`, only one needed later than it; for a
-    /// read-ahead along the schedule, only one streamed through the budget
-    /// (loaded less than a pass ago), never one the pass keeps, and at
-    /// most twice the `charge` it makes room for (a large tensor evicted
-    /// for a small one is read again for nothing); of those, with
-    /// `exact_reuse`, one loaded recently whose buffer is `charge` bytes
-    /// when there is one (all are read again next pass, and the exact size
-    /// is reused as it is, with no page faulted in or given back). Returns whether
+    /// `exclude`; with `incoming`, only one needed later than it. For a
+    /// read-ahead along the schedule: one streamed through the budget
+    /// (loaded less than a pass ago), at most [`READ_AHEAD_VICTIM_MOST`]
+    /// times the `charge` it makes room for, and first, with `exact_reuse`,
+    /// one loaded recently whose buffer is `charge` bytes (all are read
+    /// again next pass, and the exact size is reused as it is, with no
+    /// page faulted in or given back); where none of those can go, an idle
+    /// kept one, as far as [`Inner::may_grow_stream`] allows: room the pass
+    /// gives up to keep reads in flight ahead of the engine (taking only
+    /// streamed tensors, the read-ahead held the few that
+    /// demands made room for (at 75% of a 1.2 GiB model of expert-sized
+    /// tensors, 3-5 against a window of 10 MiB; the engine read a third of
+    /// what it streamed itself, one tensor at a time, and a pass took 1.7x
+    /// its bytes at the disk's speed, 1.1x since)). Returns whether
     /// something was evicted. Called with the eviction mutex held.
     pub(super) fn evict_one_for(
         &self,
@@ -599,24 +612,33 @@ impl Inner {
         // ahead (it is needed soon, or they would not have read it), and
         // takes it back only when nothing else can go.
         let mut spare_read_ahead = incoming.is_none();
+        // A read-ahead takes what was streamed; where none of it can go, a
+        // kept tensor (see above).
+        let mut from_kept = false;
         loop {
+            let streamed_only = streamed_since.filter(|_| !from_kept);
             let candidates = Evictable {
                 inner: self,
                 // A read-ahead looks only at what was streamed (`forget_kept`).
-                among: if streamed_since.is_some() {
+                among: if streamed_only.is_some() {
                     &g.streamed
                 } else {
                     &g.charged
                 },
                 exclude,
-                spare_read_ahead,
-                read_ahead: incoming.is_some(),
-                streamed_since,
-                charged_within: streamed_since.map(|_| (0, 2 * charge)),
+                spare_read_ahead: spare_read_ahead || from_kept,
+                // A kept tensor is taken idle only.
+                read_ahead: incoming.is_some() && !from_kept,
+                streamed_since: streamed_only,
+                charged_within: streamed_since.map(|_| (0, READ_AHEAD_VICTIM_MOST * charge)),
             };
             let Some(victim) = self.policy.choose_victim(&candidates, incoming) else {
                 if spare_read_ahead {
                     spare_read_ahead = false;
+                    continue;
+                }
+                if streamed_since.is_some() && !from_kept && self.may_grow_stream(g, charge) {
+                    from_kept = true;
                     continue;
                 }
                 return false;
@@ -631,6 +653,46 @@ impl Inner {
                 return true;
             }
         }
+    }
+
+    /// Whether a read-ahead of `charge` bytes may give up a kept tensor:
+    /// only while what streams through the budget (resident or being read,
+    /// loaded less than a pass ago), with it, stays inside
+    /// [`Inner::stream_growth_room`]. Idle streamed tensors too large for
+    /// it to take do not count (a larger read takes them); the others do,
+    /// so that tensors it may
+    /// not take (in use, read ahead) do not let it give up kept ones pass
+    /// after pass: uncounted, at 75% of a SmolLM2-sized model with four
+    /// readers, a pass read 8% more than M - B, against 5%
+    /// (`cli/tests/read_bound.rs`).
+    ///
+    /// Not through a single staging page: its three reads in flight are as
+    /// many as the window already keeps busy, and each kept tensor given
+    /// up is one more request a pass (SmolLM2 in llama.cpp ran 5-7%
+    /// slower, 1.5 CPU ms a token more, at the same bytes).
+    pub(super) fn may_grow_stream(&self, g: &EvictState, charge: u64) -> bool {
+        if g.staging_bytes == STAGING_PAGE_BYTES {
+            return false;
+        }
+        let streaming: u64 = g
+            .streamed
+            .iter()
+            .map(|id| {
+                let s = self.slot_unchecked(id);
+                let w = s.load_word();
+                let c = s.charge.load(Ordering::Relaxed);
+                let idle_large = state_of(w) == RESIDENT
+                    && in_use_of(w) == 0
+                    && w & PREFETCHED == 0
+                    && c > READ_AHEAD_VICTIM_MOST * charge;
+                if idle_large {
+                    0
+                } else {
+                    c
+                }
+            })
+            .sum();
+        streaming + charge <= self.stream_growth_room(g)
     }
 
     /// Drops from `g.streamed` the resident tensors loaded before schedule
@@ -741,6 +803,9 @@ impl Inner {
         self.source.set_drop_behind(budget != 0);
         self.budget_freed.notify_all();
         self.unlock(g);
+        // A new budget is a new read-ahead window: the readers look again
+        // now, not when the engine next moves.
+        self.retry_readers();
         Ok(())
     }
 

@@ -16,10 +16,32 @@ use crate::source::ReadQueue;
 /// (at least two of the largest tensor).
 const UNLIMITED_READ_AHEAD_WINDOW: u64 = 64 << 20;
 
+/// The read-ahead window under a budget is 1/32 of what a pass streams
+/// (M - B): about 3% more reads than the pager alone, measured on
+/// llama.cpp (1/40 cut SmolLM2's tokens/s in its memory cgroup from 43 to
+/// 38, medians of four alternating runs).
+const READ_AHEAD_SHARE: u64 = 32;
+
+/// What streams through the budget may grow to 1/40 of M - B by the
+/// read-ahead giving up kept tensors (see `Inner::may_grow_stream`): each
+/// byte is read again every pass, and a pass stays within 3% of M - B with
+/// the tensors in use beside it (`cli/tests/read_bound.rs`; growing to the
+/// whole window read 3.1% more and passed that rule by less than the width
+/// of a tensor).
+const STREAM_GROWTH_SHARE: u64 = 40;
+
 impl Inner {
     pub(super) fn poke_readers(&self) {
         if let Some(r) = &self.readers {
             r.poke();
+        }
+    }
+
+    /// Makes the readers look ahead again though the engine has not moved
+    /// (a lock and a wake-up: not for the hit path).
+    pub(super) fn retry_readers(&self) {
+        if let Some(r) = &self.readers {
+            r.retry();
         }
     }
 
@@ -32,9 +54,8 @@ impl Inner {
     /// How many bytes the read-ahead may hold unused. Every byte it holds
     /// is a byte the kept part of the model cannot, and is read again each
     /// pass; so when the model does not fit, the window is a small share of
-    /// what does not fit (1/32: about 3% more reads than the pager alone,
-    /// measured on llama.cpp; at least one tensor, so that reads overlap
-    /// compute), and unlimited when it does.
+    /// what does not fit ([`READ_AHEAD_SHARE`]; at least one tensor, so
+    /// that reads overlap compute), and unlimited when it does.
     /// Computed from the eviction state `g` (held bytes, largest tensor).
     pub(super) fn read_ahead_window(&self, g: &EvictState) -> u64 {
         let budget = self.budget.load(Ordering::Relaxed);
@@ -51,7 +72,21 @@ impl Inner {
         }
         // Room that is free now costs the kept part nothing.
         let free = budget.saturating_sub(g.held());
-        ((model - for_tensors) / 32).max(free)
+        ((model - for_tensors) / READ_AHEAD_SHARE).max(free)
+    }
+
+    /// How far what streams through the budget may grow by the read-ahead
+    /// giving up kept tensors ([`STREAM_GROWTH_SHARE`] of what does not
+    /// fit); nothing where the model fits or there is no budget (nothing is
+    /// evicted there).
+    pub(super) fn stream_growth_room(&self, g: &EvictState) -> u64 {
+        let budget = self.budget.load(Ordering::Relaxed);
+        let model = self.index.total_bytes();
+        let for_tensors = self.tensor_budget(g, budget);
+        if budget == 0 || for_tensors >= model {
+            return 0;
+        }
+        (model - for_tensors) / STREAM_GROWTH_SHARE
     }
 }
 

@@ -152,11 +152,13 @@ pub fn even_table(n: usize, size: u64) -> Vec<(String, u64, u64)> {
     (0..n).map(|i| (format!("t{i}"), i as u64 * size, size)).collect()
 }
 
-/// A callback source over the pattern bytes that counts reads and can be
-/// told to fail (an errno) or to take `delay_ms` per read.
+/// A callback source over the pattern bytes that counts reads, keeps the
+/// end of the furthest one started, and can be told to fail (an errno) or
+/// to take `delay_ms` per read.
 pub struct Probe {
     pub data: Vec<u8>,
     pub reads: std::sync::atomic::AtomicUsize,
+    pub furthest: std::sync::atomic::AtomicU64,
     pub fail_with: std::sync::atomic::AtomicUsize,
     pub delay_ms: u64,
 }
@@ -171,6 +173,7 @@ unsafe extern "C" fn probe_read(
     // SAFETY: user is the Probe the test keeps alive longer than the pager.
     let probe = unsafe { &*(user as *const Probe) };
     probe.reads.fetch_add(1, Ordering::SeqCst);
+    probe.furthest.fetch_max(offset + len as u64, Ordering::SeqCst);
     std::thread::sleep(std::time::Duration::from_millis(probe.delay_ms));
     let fail = probe.fail_with.load(Ordering::SeqCst);
     if fail != 0 {
@@ -187,6 +190,7 @@ pub fn probe(len: usize, delay_ms: u64) -> std::sync::Arc<Probe> {
     std::sync::Arc::new(Probe {
         data: (0..len).map(pattern).collect(),
         reads: std::sync::atomic::AtomicUsize::new(0),
+        furthest: std::sync::atomic::AtomicU64::new(0),
         fail_with: std::sync::atomic::AtomicUsize::new(0),
         delay_ms,
     })
@@ -199,12 +203,21 @@ pub fn probe_pager(
     size: u64,
     options: layerpager::PagerOptions,
 ) -> layerpager::Pager {
+    probe_table_pager(probe, &even_table(n, size), options)
+}
+
+/// A pager over `probe` with the tensors of `table` (name, offset, size).
+pub fn probe_table_pager(
+    probe: &std::sync::Arc<Probe>,
+    table: &[(String, u64, u64)],
+    options: layerpager::PagerOptions,
+) -> layerpager::Pager {
     let source = layerpager::source::CallbackSource::new(
         std::sync::Arc::as_ptr(probe) as *mut std::ffi::c_void,
         probe.data.len() as u64,
         probe_read,
         None,
     );
-    let index = layerpager::TensorIndex::from_table(&even_table(n, size), probe.data.len() as u64).unwrap();
+    let index = layerpager::TensorIndex::from_table(table, probe.data.len() as u64).unwrap();
     layerpager::Pager::with_source(Box::new(source), index, options).unwrap()
 }
