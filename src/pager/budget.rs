@@ -564,12 +564,12 @@ impl Inner {
     /// again next pass, and the exact size is reused as it is, with no
     /// page faulted in or given back); where none of those can go, an idle
     /// kept one, as far as [`Inner::may_grow_stream`] allows: room the pass
-    /// gives up to keep reads in flight ahead of the engine (taking only
-    /// streamed tensors, the read-ahead held the few that
-    /// demands made room for (at 75% of a 1.2 GiB model of expert-sized
-    /// tensors, 3-5 against a window of 10 MiB; the engine read a third of
-    /// what it streamed itself, one tensor at a time, and a pass took 1.7x
-    /// its bytes at the disk's speed, 1.1x since)). Returns whether
+    /// gives up to keep reads in flight ahead of the engine. Taking only
+    /// streamed tensors, the read-ahead held the few that demands made room
+    /// for: at 75% of a 1.2 GiB model of expert-sized tensors, 3-5 against
+    /// a window of 10 MiB; the engine read a third of what it streamed
+    /// itself, one tensor at a time, and a pass took 1.7x its bytes at the
+    /// disk's speed (1.1x since). Returns whether
     /// something was evicted. Called with the eviction mutex held.
     pub(super) fn evict_one_for(
         &self,
@@ -660,11 +660,10 @@ impl Inner {
     /// loaded less than a pass ago), with it, stays inside
     /// [`Inner::stream_growth_room`]. Idle streamed tensors too large for
     /// it to take do not count (a larger read takes them); the others do,
-    /// so that tensors it may
-    /// not take (in use, read ahead) do not let it give up kept ones pass
-    /// after pass: uncounted, at 75% of a SmolLM2-sized model with four
-    /// readers, a pass read 8% more than M - B, against 5%
-    /// (`cli/tests/read_bound.rs`).
+    /// so that tensors it may not take (in use, read ahead) do not let it
+    /// give up kept ones pass after pass: uncounted, at 75% of a
+    /// SmolLM2-sized model with four readers, a pass read 8% more than
+    /// M - B, against 5% (`cli/tests/read_bound.rs`).
     ///
     /// Not through a single staging page: its three reads in flight are as
     /// many as the window already keeps busy, and each kept tensor given

@@ -51,6 +51,16 @@ impl Inner {
         self.prefetched_bytes.load(Ordering::Relaxed)
     }
 
+    /// What does not fit: the model less what the budget leaves tensors
+    /// (less the staging memory and the page tables' share), the bytes a
+    /// pass streams at least; `None` with no budget or where the model fits.
+    fn does_not_fit(&self, g: &EvictState) -> Option<u64> {
+        let budget = self.budget.load(Ordering::Relaxed);
+        let model = self.index.total_bytes();
+        let for_tensors = self.tensor_budget(g, budget);
+        (budget != 0 && for_tensors < model).then(|| model - for_tensors)
+    }
+
     /// How many bytes the read-ahead may hold unused. Every byte it holds
     /// is a byte the kept part of the model cannot, and is read again each
     /// pass; so when the model does not fit, the window is a small share of
@@ -59,20 +69,17 @@ impl Inner {
     /// Computed from the eviction state `g` (held bytes, largest tensor).
     pub(super) fn read_ahead_window(&self, g: &EvictState) -> u64 {
         let budget = self.budget.load(Ordering::Relaxed);
-        let model = self.index.total_bytes();
         if budget == 0 {
             // No budget is no licence to read the whole model: enough ahead
             // to overlap the next tensors' reads with compute.
             return UNLIMITED_READ_AHEAD_WINDOW.max(2 * g.largest_tensor);
         }
-        // What tensors may hold: the budget less the staging memory.
-        let for_tensors = self.tensor_budget(g, budget);
-        if for_tensors >= model {
+        let Some(streamed) = self.does_not_fit(g) else {
             return u64::MAX;
-        }
+        };
         // Room that is free now costs the kept part nothing.
         let free = budget.saturating_sub(g.held());
-        ((model - for_tensors) / READ_AHEAD_SHARE).max(free)
+        (streamed / READ_AHEAD_SHARE).max(free)
     }
 
     /// How far what streams through the budget may grow by the read-ahead
@@ -80,13 +87,8 @@ impl Inner {
     /// fit); nothing where the model fits or there is no budget (nothing is
     /// evicted there).
     pub(super) fn stream_growth_room(&self, g: &EvictState) -> u64 {
-        let budget = self.budget.load(Ordering::Relaxed);
-        let model = self.index.total_bytes();
-        let for_tensors = self.tensor_budget(g, budget);
-        if budget == 0 || for_tensors >= model {
-            return 0;
-        }
-        (model - for_tensors) / STREAM_GROWTH_SHARE
+        self.does_not_fit(g)
+            .map_or(0, |streamed| streamed / STREAM_GROWTH_SHARE)
     }
 }
 
