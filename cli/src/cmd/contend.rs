@@ -183,7 +183,8 @@ pub(crate) fn run(
         return Ok(());
     }
     // The physical bound's speed, measured in the same run, outside the
-    // cgroups: the file's raw O_DIRECT speed at the best queue depth.
+    // cgroups: the file's raw O_DIRECT speed at the best queue depth, here
+    // and again after the contenders (below).
     let raw = layerpager::source::raw_direct_speed(model)?;
     // A contender that thrashes inside the limit can take many minutes a
     // pass: it is stopped after 30 s plus ten times the raw read of its
@@ -254,6 +255,16 @@ pub(crate) fn run(
             outcomes[round % contenders.len()].keep_better(outcome);
         }
     }
+    // The faster of the two probes, as the faster round of each contender:
+    // a shared disk has slow seconds, and one that fell on the first probe
+    // (1.75 GB/s where the budgets beside it measured 3.6-4.2) made a
+    // contender look faster than the disk.
+    let again = layerpager::source::raw_direct_speed(model)?;
+    let raw = if again.bytes_per_second > raw.bytes_per_second {
+        again
+    } else {
+        raw
+    };
     print_table(&outcomes, model_bytes, budget, limit, passes, &raw);
     Ok(())
 }
@@ -347,8 +358,8 @@ fn print_table(
     println!(
         "Each contender ran twice, interleaved with the others; the faster run is shown, OOM kills of both.
 'read/pass' is bytes the storage delivered per steady pass (/proc/self/io); 'vs bound' over M - B.
-'vs raw' is s/pass over those bytes at the raw O_DIRECT speed measured before the contenders (1.00x
-is the disk's speed; no compute is simulated here).
+'vs raw' is s/pass over those bytes at the raw O_DIRECT speed, the faster of a probe before the
+contenders and one after (1.00x is the disk's speed; no compute is simulated here).
 'peak cg' is the cgroup's highest memory use, page cache included; 'refaults' counts file pages read
 again soon after the kernel dropped them (machine-wide, during that contender)."
     );
