@@ -8,7 +8,7 @@ use layerpager::{Error, PagerOptions, PolicyKind};
 use layerpager_tools::synth::{write_gguf, LlamaShape};
 use layerpager_tools::workload::PassConfig;
 
-use super::bench::{measure, print_header, print_runs, raw_reference, FIGURES};
+use super::bench::{measure, print_header, print_raw_spread, print_runs, raw_reference, FIGURES};
 use crate::format::{bar, human};
 
 pub(crate) fn demo(dir: Option<PathBuf>) -> Result<(), Error> {
@@ -65,7 +65,7 @@ pub(crate) fn demo_in(dir: &Path) -> Result<(), Error> {
         budget_bytes: budget,
         ..Default::default()
     };
-    let raw = raw_reference(&path, false)?;
+    let raw_before = raw_reference(&path, false)?;
     let io_only = PassConfig {
         passes,
         ..Default::default()
@@ -103,10 +103,13 @@ pub(crate) fn demo_in(dir: &Path) -> Result<(), Error> {
             false,
         )?,
     ];
+    let raw_after = raw_reference(&path, false)?;
+    let raw = raw_before.clone().or_faster(&raw_after);
     println!();
     print_header(total, passes, &raw, None);
     print_runs(&runs, budget, passes, &raw);
     println!();
+    print_raw_spread(&raw_before, &raw_after);
     println!("{FIGURES}");
     println!("Cache dropped (posix_fadvise DONTNEED) before each pass.");
     println!("Try it on your model: layerpager bench MODEL.gguf --budget 50% --passes 3");
