@@ -10,7 +10,8 @@
 // one line of figures: tokens/s, CPU ms per token, MiB read per token and
 // its bound (model minus what the budget leaves tensors: less the staging
 // page where O_DIRECT reads are staged), peak resident vs budget, peak RSS, the
-// raw O_DIRECT speed of the file measured before the run, and the tokens/s
+// raw O_DIRECT speed of the file (the faster of a probe before the run and
+// one after, once everything is freed), and the tokens/s
 // that speed allows: max(compute, bytes read / raw speed) per token, with
 // the run's share of it (--compute-ms gives the compute time per token of
 // a run without the pager; without it, only the reads bound); for a
@@ -132,7 +133,8 @@ int main(int argc, char ** argv) {
     ctx_params.n_threads_batch = n_threads;
 
     // The physical bound: the file's raw O_DIRECT speed, measured before
-    // anything is loaded (so that its buffers add nothing to the peak).
+    // anything is loaded (so that its buffers add nothing to the peak), and
+    // again at the end, once everything is freed.
     double raw = 0;
     uint32_t depth = 0;
     if (use_pager && pager_measure_read_speed(model_path.c_str(), &raw, &depth) != PAGER_OK) {
@@ -226,6 +228,16 @@ int main(int argc, char ** argv) {
     if (!print_ids) {
         printf("\n");
     }
+    // The figures are printed once everything is freed: a second probe of
+    // the raw speed runs then, inside whatever memory limit the run had,
+    // and the faster of the two is the bound's (a shared disk has slow
+    // seconds, and one on the only probe made a run look faster than the
+    // disk).
+    std::string summary;
+    std::vector<std::string> details;
+    double read_per_token = 0;
+    const double peak_rss = mib(peak_rss_bytes());
+    char line[512];
     if (pager) {
         pager_stats_t after;
         pager_stats_init(&after);
@@ -235,7 +247,59 @@ int main(int argc, char ** argv) {
         // land in and the share kept for the buffers' page tables.
         const uint64_t for_tensors = budget - std::min(budget, after.staging_bytes + after.page_table_bytes);
         const uint64_t bound = model_bytes > for_tensors && budget > 0 ? model_bytes - for_tensors : 0;
-        const double read_per_token = (double) (after.bytes_read - before.bytes_read) / measured;
+        read_per_token = (double) (after.bytes_read - before.bytes_read) / measured;
+        snprintf(line, sizeof line,
+                 "llama-paged: pager budget %.1f MiB (%.0f%% of %.1f MiB) | %.2f tokens/s | %.1f CPU ms/token | "
+                 "%.1f MiB read/token (bound %.1f) | peak resident %.1f MiB | peak RSS %.1f MiB | ",
+                 mib(budget), 100.0 * budget / model_bytes, mib(model_bytes), measured / wall, 1000 * cpu / measured,
+                 read_per_token / 1048576.0, mib(bound), mib(after.peak_resident_bytes), peak_rss);
+        summary = line;
+        // Where a token's time goes: acquires that waited for a read in
+        // flight (or for budget), misses, and tensors a read-ahead brought in.
+        snprintf(line, sizeof line,
+                 "llama-paged: per token | waited %.1f ms | reading %.1f ms (all threads) | %.1f misses | "
+                 "%.1f read-ahead hits | %.1f hits",
+                 (after.wait_ns - before.wait_ns) / 1e6 / measured, (after.read_ns - before.read_ns) / 1e6 / measured,
+                 (double) (after.misses - before.misses) / measured,
+                 (double) (after.prefetch_hits - before.prefetch_hits) / measured,
+                 (double) (after.hits - before.hits) / measured);
+        details.emplace_back(line);
+        layerpager_ggml_moe_stats moe;
+        if (layerpager_ggml_moe(pager, &moe)) {
+            const uint64_t tokens = moe.tokens - moe_before.tokens;
+            const uint64_t acquires = moe.expert_acquires - moe_before.expert_acquires;
+            const uint64_t predicted = moe.predicted - moe_before.predicted;
+            const double per_token = tokens ? 1.0 / tokens : 0;
+            snprintf(line, sizeof line,
+                     "llama-paged: moe | %.2f MiB routed/token | %.2f MiB read/token | expert hits %.1f%% | "
+                     "prediction accuracy %.1f%% | %.2f MiB predicted, not routed/token",
+                     mib(moe.routed_bytes - moe_before.routed_bytes) * per_token,
+                     mib(after.bytes_read - before.bytes_read) * per_token,
+                     acquires ? 100.0 * (moe.expert_hits - moe_before.expert_hits) / acquires : 0.0,
+                     predicted ? 100.0 * (moe.predicted_routed - moe_before.predicted_routed) / predicted : 0.0,
+                     mib(moe.predicted_unrouted_bytes - moe_before.predicted_unrouted_bytes) * per_token);
+            details.emplace_back(line);
+        }
+        // What the pager ended with: io mode, readers, the pass it learned.
+        if (pager_describe(layerpager_ggml_pager(pager), line, sizeof line, nullptr) == PAGER_OK) {
+            fprintf(stderr, "llama-paged: at the end: %s\n", line);
+        }
+    } else {
+        snprintf(line, sizeof line, "llama-paged: no pager | %.2f tokens/s | %.1f CPU ms/token | peak RSS %.1f MiB",
+                 measured / wall, 1000 * cpu / measured, peak_rss);
+        summary = line;
+    }
+    llama_sampler_free(smpl);
+    llama_free(ctx);
+    llama_model_free(model);
+    layerpager_ggml_free(pager);
+    if (use_pager) {
+        double raw_after = 0;
+        uint32_t depth_after = 0;
+        if (pager_measure_read_speed(model_path.c_str(), &raw_after, &depth_after) == PAGER_OK && raw_after > raw) {
+            raw = raw_after;
+            depth = depth_after;
+        }
         char bound_text[160] = "raw speed not measured";
         if (raw > 0) {
             const double bound_s = std::max(compute_ms / 1000.0, read_per_token / raw);
@@ -243,46 +307,12 @@ int main(int argc, char ** argv) {
                      raw / 1e9, depth, 1.0 / bound_s, compute_ms > 0 ? "" : " (reads only)",
                      (measured / wall) * bound_s);
         }
-        printf("llama-paged: pager budget %.1f MiB (%.0f%% of %.1f MiB) | %.2f tokens/s | %.1f CPU ms/token | "
-               "%.1f MiB read/token (bound %.1f) | peak resident %.1f MiB | peak RSS %.1f MiB | %s\n",
-               mib(budget), 100.0 * budget / model_bytes, mib(model_bytes), measured / wall, 1000 * cpu / measured,
-               read_per_token / 1048576.0, mib(bound), mib(after.peak_resident_bytes),
-               mib(peak_rss_bytes()), bound_text);
-        // Where a token's time goes: acquires that waited for a read in
-        // flight (or for budget), misses, and tensors a read-ahead brought in.
-        printf("llama-paged: per token | waited %.1f ms | reading %.1f ms (all threads) | %.1f misses | "
-               "%.1f read-ahead hits | %.1f hits\n",
-               (after.wait_ns - before.wait_ns) / 1e6 / measured, (after.read_ns - before.read_ns) / 1e6 / measured,
-               (double) (after.misses - before.misses) / measured,
-               (double) (after.prefetch_hits - before.prefetch_hits) / measured,
-               (double) (after.hits - before.hits) / measured);
-        layerpager_ggml_moe_stats moe;
-        if (layerpager_ggml_moe(pager, &moe)) {
-            const uint64_t tokens = moe.tokens - moe_before.tokens;
-            const uint64_t acquires = moe.expert_acquires - moe_before.expert_acquires;
-            const uint64_t predicted = moe.predicted - moe_before.predicted;
-            const double per_token = tokens ? 1.0 / tokens : 0;
-            printf("llama-paged: moe | %.2f MiB routed/token | %.2f MiB read/token | expert hits %.1f%% | "
-                   "prediction accuracy %.1f%% | %.2f MiB predicted, not routed/token\n",
-                   mib(moe.routed_bytes - moe_before.routed_bytes) * per_token,
-                   mib(after.bytes_read - before.bytes_read) * per_token,
-                   acquires ? 100.0 * (moe.expert_hits - moe_before.expert_hits) / acquires : 0.0,
-                   predicted ? 100.0 * (moe.predicted_routed - moe_before.predicted_routed) / predicted : 0.0,
-                   mib(moe.predicted_unrouted_bytes - moe_before.predicted_unrouted_bytes) * per_token);
-        }
-        // What the pager ended with: io mode, readers, the pass it learned.
-        char line[512];
-        if (pager_describe(layerpager_ggml_pager(pager), line, sizeof line, nullptr) == PAGER_OK) {
-            fprintf(stderr, "llama-paged: at the end: %s\n", line);
-        }
-    } else {
-        printf("llama-paged: no pager | %.2f tokens/s | %.1f CPU ms/token | peak RSS %.1f MiB\n", measured / wall,
-               1000 * cpu / measured, mib(peak_rss_bytes()));
+        summary += bound_text;
     }
-    llama_sampler_free(smpl);
-    llama_free(ctx);
-    llama_model_free(model);
-    layerpager_ggml_free(pager);
+    printf("%s\n", summary.c_str());
+    for (const std::string & d : details) {
+        printf("%s\n", d.c_str());
+    }
     llama_backend_free();
     return 0;
 }
