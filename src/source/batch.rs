@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types, IoUring};
 
+use super::buffer::huge_page_head;
 use super::staging::{self, Slot, MAX_STAGED_BYTES};
 use super::TensorBuffer;
 use crate::error::{Error, Result};
@@ -94,37 +95,57 @@ struct InFlight {
     staged: Option<Staged>,
 }
 
-/// A request read into a slot of staging memory, then copied into its
-/// own buffers.
+/// A request read (from byte `from` of it on) into a slot of staging
+/// memory, then copied into its own buffers.
 struct Staged {
     slot: Slot,
-    /// The request with the slot as its one iovec.
+    /// Where in the request the slot's bytes go: 0 for a request read
+    /// wholly into the slot, the size of the huge-page head of its one
+    /// buffer for one whose partial last 2 MiB alone is staged.
+    from: usize,
+    /// The request as read: its own iovecs up to `from`, then the slot.
     read: Request,
 }
 
-/// The staged form of an `O_DIRECT` request no larger than a slot, if a
-/// slot is free.
+/// The staged form of an `O_DIRECT` request, if a slot is free: a request
+/// no larger than a slot lands wholly in it; one into a single buffer laid
+/// out in huge pages (`buffer::huge_page_head`) lands there straight, but
+/// for the buffer's partial last 2 MiB, which is in 4 KiB pages and lands
+/// in a slot. That tail was 5.7% of the bytes of a model of 2.4-6.5 MB
+/// matrices, each tail read at a third of the speed.
 fn stage(target: &BatchTarget, request: &Request) -> Option<Staged> {
     let len = request.len();
-    if !target.staged || target.block.is_none() || len > MAX_STAGED_BYTES {
+    if !target.staged || target.block.is_none() {
         return None;
     }
-    let slot = staging::take(len)?;
+    let from = match request.iov.as_slice() {
+        _ if len <= MAX_STAGED_BYTES => 0,
+        [one] => huge_page_head(one.iov_base as *const u8, one.iov_len),
+        _ => return None,
+    };
+    if from == len || len - from > MAX_STAGED_BYTES {
+        return None;
+    }
+    let slot = staging::take(len - from)?;
+    let mut iov = request.iov.clone();
+    truncate_iovecs(&mut iov, from);
+    iov.push(libc::iovec {
+        iov_base: slot.ptr() as *mut libc::c_void,
+        iov_len: len - from,
+    });
     let read = Request {
         tag: request.tag,
         offset: request.offset,
-        iov: vec![libc::iovec {
-            iov_base: slot.ptr() as *mut libc::c_void,
-            iov_len: len,
-        }],
+        iov,
     };
-    Some(Staged { slot, read })
+    Some(Staged { slot, from, read })
 }
 
-/// Copies the `n` bytes a staged read brought into its request's buffers.
+/// Copies what a staged read of `n` bytes brought into the slot into its
+/// request's buffers.
 fn unstage(staged: &Staged, request: &Request, n: usize) {
-    let mut from = staged.slot.bytes(n);
-    for v in &request.iov {
+    let mut from = staged.slot.bytes(n.saturating_sub(staged.from));
+    for v in &remaining_iovecs(&request.iov, staged.from) {
         let take = v.iov_len.min(from.len());
         // SAFETY: the iovec names a buffer the pager keeps alive and
         // writable until this request is handed back (see `submit`); the
@@ -463,9 +484,8 @@ mod tests {
         (f, bytes)
     }
 
-    /// Ten O_DIRECT requests of three aligned buffers each (more than the
-    /// depth) from `path`, each checked against `bytes`.
-    fn run(queue: &mut ReadQueue, path: &Path, bytes: &[u8]) {
+    /// `path` opened with O_DIRECT, and a target that stages its reads.
+    fn staged_direct(path: &Path) -> (std::fs::File, BatchTarget) {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_DIRECT)
@@ -477,6 +497,13 @@ mod tests {
             drop_behind: false,
             staged: true,
         };
+        (file, target)
+    }
+
+    /// Ten O_DIRECT requests of three aligned buffers each (more than the
+    /// depth) from `path`, each checked against `bytes`.
+    fn run(queue: &mut ReadQueue, path: &Path, bytes: &[u8]) {
+        let (_file, target) = staged_direct(path);
         let mut bufs: Vec<TensorBuffer> = (0..30)
             .map(|i| TensorBuffer::allocate(4096 * (1 + i % 3), 4096).unwrap())
             .collect();
@@ -561,6 +588,50 @@ mod tests {
         assert_eq!((c.tag, c.result.unwrap()), (7, 12_000));
         assert_eq!(a, bytes[1234..6234]);
         assert_eq!(b, bytes[6234..13_234]);
+    }
+
+    #[test]
+    fn a_buffer_of_huge_pages_reads_its_partial_last_one_through_a_slot() {
+        const MIB: usize = 1 << 20;
+        let (f, bytes) = file_of(9 * MIB);
+        let (_file, target) = staged_direct(f.path());
+        let lease = staging::attach(1);
+        // A tail a slot holds (staged), one it does not, and none.
+        for (len, staged_from) in [
+            (2 * MIB + (300 << 10), Some(2 * MIB)),
+            (4 * MIB + (500 << 10), Some(4 * MIB)),
+            (2 * MIB + (1100 << 10), None),
+            (4 * MIB, None),
+        ] {
+            let len: usize = len;
+            for ring in [true, false] {
+                let mut q = ReadQueue::new();
+                if !ring {
+                    q.ring = None;
+                }
+                let mut buf = TensorBuffer::allocate(len, 4096).unwrap();
+                buf.as_mut_slice().fill(0);
+                let request = |buf: &mut TensorBuffer| Request {
+                    tag: 3,
+                    offset: 8192,
+                    iov: vec![libc::iovec {
+                        iov_base: buf.as_mut_slice().as_mut_ptr() as *mut libc::c_void,
+                        iov_len: len,
+                    }],
+                };
+                if lease.is_some() {
+                    let shape = stage(&target, &request(&mut buf)).map(|s| (s.from, s.read.iov.len()));
+                    assert_eq!(shape, staged_from.map(|from| (from, 2)), "{len} bytes");
+                }
+                q.submit(target, request(&mut buf));
+                let c = q.wait().expect("one request in flight");
+                assert_eq!((c.tag, c.result.unwrap()), (3, len));
+                assert!(
+                    buf.as_mut_slice() == &bytes[8192..8192 + len],
+                    "{len} bytes, ring {ring}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -295,13 +295,19 @@ pub(super) fn map_anonymous(len: usize) -> Option<NonNull<u8>> {
     NonNull::new(base as *mut u8)
 }
 
-/// Whether `buf` is laid out as [`map_anonymous`] lays out a mapping of a
-/// huge page or more: starting on a huge page, at least one long, so that
-/// an `O_DIRECT` read lands in it at a huge page's speed. (A range of an
-/// engine's allocator that happens to look so is read at the speed of
-/// whatever pages back it.)
-pub(super) fn lies_in_huge_pages(buf: &[u8]) -> bool {
-    buf.len() >= HUGE_PAGE && (buf.as_ptr() as usize) % HUGE_PAGE == 0
+/// How many bytes at the start of the `len` bytes at `ptr` lie in whole
+/// huge pages, if they are laid out as [`map_anonymous`] lays out a mapping
+/// of a huge page or more (starting on a huge page): an `O_DIRECT` read
+/// lands there at a huge page's speed. The rest, the mapping's partial
+/// last 2 MiB, is in 4 KiB pages. 0 for a range that does not start on a
+/// huge page. (A range of an engine's allocator that happens to look so is
+/// read at the speed of whatever pages back it.)
+pub(super) fn huge_page_head(ptr: *const u8, len: usize) -> usize {
+    if (ptr as usize) % HUGE_PAGE == 0 {
+        len - len % HUGE_PAGE
+    } else {
+        0
+    }
 }
 
 impl Drop for TensorBuffer {
@@ -343,7 +349,7 @@ mod tests {
 
     #[test]
     fn buffers_of_a_huge_page_or_more_start_on_one_grown_or_not() {
-        let on_a_huge_page = |b: &mut TensorBuffer| lies_in_huge_pages(b.as_mut_slice());
+        let on_a_huge_page = |b: &mut TensorBuffer| huge_page_head(b.as_mut_slice().as_ptr(), b.len()) > 0;
         let mut b = TensorBuffer::allocate(HUGE_PAGE + 12_288, 64).unwrap();
         assert!(on_a_huge_page(&mut b));
         b.as_mut_slice().fill(3);

@@ -8,7 +8,8 @@
 //! 2-core CI machine: 1 MiB requests 1.25 GB/s into 4 KiB pages, 3.07 GB/s
 //! into a huge page, 3.25 at two in flight). Tensor buffers are small and
 //! many, so they cannot each be a huge page (those of 2 MiB or more are,
-//! and are read into straight: `buffer::map_anonymous`); copying a MiB
+//! and are read into straight, but for their partial last 2 MiB, which
+//! is in 4 KiB pages and lands in a slot: `buffer::huge_page_head`); copying a MiB
 //! costs about a tenth of a millisecond, a third of what the slower read
 //! loses.
 //!
