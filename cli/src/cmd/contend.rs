@@ -14,6 +14,7 @@ use layerpager::{Error, IoMode, PagerOptions};
 use layerpager_tools::cgroup::{file_refaults, storage_read_bytes, MemoryCgroup};
 use layerpager_tools::workload::{run_passes, PassConfig};
 
+use super::bench::{raw_reference, RawReference};
 use crate::format::{human, open_index, open_pager, parse_size};
 
 /// The contenders, by the name the child is given, with what the table calls them.
@@ -185,11 +186,11 @@ pub(crate) fn run(
     // The physical bound's speed, measured in the same run, outside the
     // cgroups: the file's raw O_DIRECT speed at the best queue depth, here
     // and again after the contenders (below).
-    let raw = layerpager::source::raw_direct_speed(model)?;
+    let raw = raw_reference(model, false)?;
     // A contender that thrashes inside the limit can take many minutes a
     // pass: it is stopped after 30 s plus ten times the raw read of its
     // passes, and reported as stopped.
-    let raw_pass = model_bytes as f64 / raw.bytes_per_second.max(1.0);
+    let raw_pass = model_bytes as f64 / (raw.gbps * 1e9).max(1.0);
     let time_limit = Duration::from_secs_f64(30.0 + 10.0 * raw_pass * (passes + 1) as f64);
     let mut outcomes: Vec<Outcome> = Vec::new();
     // Two rounds, contenders interleaved, the faster round of each kept:
@@ -255,16 +256,8 @@ pub(crate) fn run(
             outcomes[round % contenders.len()].keep_better(outcome);
         }
     }
-    // The faster of the two probes, as the faster round of each contender:
-    // a shared disk has slow seconds, and one that fell on the first probe
-    // (1.75 GB/s where the budgets beside it measured 3.6-4.2) made a
-    // contender look faster than the disk.
-    let again = layerpager::source::raw_direct_speed(model)?;
-    let raw = if again.bytes_per_second > raw.bytes_per_second {
-        again
-    } else {
-        raw
-    };
+    // The faster of the two probes, as the faster round of each contender.
+    let raw = raw.or_faster(&raw_reference(model, false)?);
     print_table(&outcomes, model_bytes, budget, limit, passes, &raw);
     Ok(())
 }
@@ -296,25 +289,18 @@ impl Outcome {
     }
 }
 
-fn print_table(
-    outcomes: &[Outcome],
-    model: u64,
-    budget: u64,
-    limit: u64,
-    passes: u32,
-    raw: &layerpager::source::RawSpeed,
-) {
+fn print_table(outcomes: &[Outcome], model: u64, budget: u64, limit: u64, passes: u32, raw: &RawReference) {
     // A steady pass re-reads at least what the budget does not hold.
     let bound = model.saturating_sub(budget).max(1);
     println!();
     println!(
-        "memory cgroup limit {} | budget {} ({:.0}% of the model) | {passes} passes, the first cold | steady-pass bound {} read | raw O_DIRECT {:.2} GB/s (depth {})",
+        "memory cgroup limit {} | budget {} ({:.0}% of the model) | {passes} passes, the first cold | steady-pass bound {} read | raw {}: {:.2} GB/s",
         human(limit),
         human(budget),
         budget as f64 * 100.0 / model as f64,
         human(bound),
-        raw.bytes_per_second / 1e9,
-        raw.depth
+        raw.how,
+        raw.gbps
     );
     println!(
         "{:<46} {:>8} {:>8} {:>11} {:>9} {:>10} {:>5} {:>10}",
@@ -329,7 +315,7 @@ fn print_table(
         let vs_raw = secs
             .zip(read)
             .filter(|&(_, r)| r > 0)
-            .map(|(s, r)| s / (r as f64 / raw.bytes_per_second));
+            .map(|(s, r)| s / (r as f64 / (raw.gbps * 1e9)));
         println!(
             "{:<46} {:>8} {:>8} {:>11} {:>9} {:>10} {:>5} {:>10}",
             o.label,
