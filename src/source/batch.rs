@@ -474,6 +474,11 @@ mod tests {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
     use std::path::Path;
+    use std::sync::Mutex;
+
+    /// Held by a test while it holds every staging slot of the process, and
+    /// by one that counts on a slot being free: tests run side by side.
+    static EVERY_SLOT: Mutex<()> = Mutex::new(());
 
     fn file_of(len: usize) -> (tempfile::NamedTempFile, Vec<u8>) {
         let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
@@ -575,6 +580,7 @@ mod tests {
             run(&mut q, f.path(), &bytes);
             // And with every slot of staging memory held: each request
             // lands in its own buffers.
+            let _every_slot = EVERY_SLOT.lock().unwrap_or_else(|e| e.into_inner());
             let lease = staging::attach(1);
             let held: Vec<_> = std::iter::from_fn(|| staging::take(4096)).collect();
             run(&mut q, f.path(), &bytes);
@@ -595,6 +601,7 @@ mod tests {
         const MIB: usize = 1 << 20;
         let (f, bytes) = file_of(9 * MIB);
         let (_file, target) = staged_direct(f.path());
+        let _every_slot = EVERY_SLOT.lock().unwrap_or_else(|e| e.into_inner());
         let lease = staging::attach(1);
         // A tail a slot holds (staged), one it does not, and none.
         for (len, staged_from) in [
