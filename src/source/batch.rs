@@ -610,7 +610,6 @@ mod tests {
             (2 * MIB + (1100 << 10), None),
             (4 * MIB, None),
         ] {
-            let len: usize = len;
             for ring in [true, false] {
                 let mut q = ReadQueue::new();
                 if !ring {

@@ -111,9 +111,9 @@ impl RawReference {
     /// the runs and one after, the faster is the disk's speed (a shared
     /// disk has slow seconds, and one on the only probe made runs look
     /// faster than the disk).
-    pub(crate) fn or_faster(self, other: &RawReference) -> RawReference {
+    pub(crate) fn or_faster<'a>(&'a self, other: &'a RawReference) -> &'a RawReference {
         if other.gbps > self.gbps {
-            other.clone()
+            other
         } else {
             self
         }
@@ -354,10 +354,10 @@ pub(crate) fn bench(a: BenchArgs) -> Result<(), Error> {
     }
     // The tables wait for the second probe (`RawReference::or_faster`).
     let raw_after = raw_reference(&a.model, a.warm)?;
-    let raw = raw_before.clone().or_faster(&raw_after);
-    print_header(model, a.passes, &raw, a.compute_gbps);
+    let raw = raw_before.or_faster(&raw_after);
+    print_header(model, a.passes, raw, a.compute_gbps);
     for (budget, runs) in &tables {
-        print_runs(runs, *budget, a.passes, &raw);
+        print_runs(runs, *budget, a.passes, raw);
     }
     println!();
     print_raw_spread(&raw_before, &raw_after);

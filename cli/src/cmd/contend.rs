@@ -257,8 +257,15 @@ pub(crate) fn run(
         }
     }
     // The faster of the two probes, as the faster round of each contender.
-    let raw = raw.or_faster(&raw_reference(model, false)?);
-    print_table(&outcomes, model_bytes, budget, limit, passes, &raw);
+    let raw_after = raw_reference(model, false)?;
+    print_table(
+        &outcomes,
+        model_bytes,
+        budget,
+        limit,
+        passes,
+        raw.or_faster(&raw_after),
+    );
     Ok(())
 }
 

@@ -104,10 +104,10 @@ pub(crate) fn demo_in(dir: &Path) -> Result<(), Error> {
         )?,
     ];
     let raw_after = raw_reference(&path, false)?;
-    let raw = raw_before.clone().or_faster(&raw_after);
+    let raw = raw_before.or_faster(&raw_after);
     println!();
-    print_header(total, passes, &raw, None);
-    print_runs(&runs, budget, passes, &raw);
+    print_header(total, passes, raw, None);
+    print_runs(&runs, budget, passes, raw);
     println!();
     print_raw_spread(&raw_before, &raw_after);
     println!("{FIGURES}");
